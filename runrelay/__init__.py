@@ -1,0 +1,1 @@
+"""runrelay: the SDK and the CLI."""

@@ -1,0 +1,1 @@
+"""What every runrelay process shares: settings, models, keys, backends, run lifecycle."""

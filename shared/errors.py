@@ -1,0 +1,66 @@
+"""The one exception root of runrelay, branched by who must react.
+
+    RunRelayError
+    ├── ConfigError            operator: a setting is wrong; the process stops
+    ├── BackendUnavailable     operator/client: Redis or RabbitMQ unreachable (503)
+    ├── NotFound               client: unknown run/session/operation, or not theirs (404)
+    ├── Conflict               client: the request clashes with the run's state (409)
+    │   └── AppendRefused      producer: the run already ended, or a transition is illegal
+    ├── BadRequest             client: invalid input, naming the field (400/422)
+    │   └── BadCursor          client: unknown, malformed or negative cursor (400)
+    └── PublishFailed          API: the broker did not confirm a publish (503)
+"""
+
+from __future__ import annotations
+
+
+class RunRelayError(Exception):
+    code = "internal_error"
+    status = 500
+
+
+class ConfigError(RunRelayError):
+    code = "config_error"
+
+
+class BackendUnavailable(RunRelayError):
+    code = "backend_unavailable"
+    status = 503
+
+
+class NotFound(RunRelayError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(RunRelayError):
+    code = "conflict"
+    status = 409
+
+
+class AppendRefused(Conflict):
+    """The event was not appended: the run is terminal or the transition is not allowed."""
+
+    def __init__(self, run_id: str, status: str, wanted: str) -> None:
+        super().__init__(f"run {run_id} is {status}; cannot append {wanted}")
+        self.run_id = run_id
+        self.run_status = status
+        self.wanted = wanted
+
+
+class BadRequest(RunRelayError):
+    code = "bad_request"
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BadCursor(BadRequest):
+    code = "bad_cursor"
+
+
+class PublishFailed(RunRelayError):
+    code = "publish_failed"
+    status = 503

@@ -1,0 +1,120 @@
+"""The event-log interface: storage primitives only; lifecycle policy lives in `shared.lifecycle`.
+
+A backend stores, per run, a hash of string fields (the run record) and an
+append-only log of events, and per session a log that interleaves its runs'
+events. Events arrive pre-encoded (see `encode_body`); the backend only prefixes
+the id it assigns, so every reader gets the same bytes and nobody re-encodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from shared.keys import Keys
+from shared.models import Operation, Page, StoredEvent
+
+
+def encode_body(run_id: str, session_id: str, type_: str, data: Mapping[str, Any], at: str) -> bytes:
+    """The event's JSON minus its opening ``{"id":N,`` which the backend adds on append."""
+    full = orjson.dumps(
+        {"run_id": run_id, "session_id": session_id, "type": type_, "data": data, "created_at": at}
+    )
+    return full[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The condition and effect of one conditional append, decided by lifecycle policy.
+
+    The append happens only if the run exists, is not terminal, its status is in
+    `allowed_from` (empty = any non-terminal) and each `expect` field has the given
+    value. Then `to` (if set) becomes the status and `fields` are written.
+    """
+
+    allowed_from: frozenset[str] = frozenset()
+    to: str | None = None
+    terminal: bool = False
+    expect: Mapping[str, str] = field(default_factory=dict)
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+class EventLog(Protocol):
+    """Storage primitives. Every method is one atomic step on the backend."""
+
+    keys: Keys
+
+    async def ping(self) -> None:
+        """Raise `BackendUnavailable` if the store cannot be reached."""
+
+    async def close(self) -> None: ...
+
+    # Run records and their logs -------------------------------------------------
+    async def create_run(self, fields: Mapping[str, str], first_type: str, first_body: bytes) -> None:
+        """Store a new run (fields include run_id, session_id, owner, status) and its first event.
+
+        Raises `Conflict` if the run id exists, `NotFound` if the session belongs to
+        another owner.
+        """
+
+    async def append(
+        self, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
+    ) -> int:
+        """Append one event if `rule` allows it; return its id.
+
+        Raises `NotFound` for a missing run, `AppendRefused` when the rule refuses.
+        """
+
+    async def get_run(self, run_id: str) -> dict[str, str] | None: ...
+
+    async def update_run(
+        self, run_id: str, expect: Mapping[str, str], fields: Mapping[str, str]
+    ) -> tuple[bool, dict[str, str] | None]:
+        """Compare-and-set run fields without an event: (applied, record after)."""
+
+    async def list_runs(
+        self, owner: str, session_id: str | None, limit: int, offset: int
+    ) -> list[dict[str, str]]:
+        """The owner's runs, newest first (optionally within one session)."""
+
+    async def session_owner(self, session_id: str) -> str | None: ...
+
+    async def claim_idempotency(self, owner: str, key: str, run_id: str, ttl_s: int) -> str:
+        """Bind key -> run_id unless bound already; return the bound run id."""
+
+    # Reading ---------------------------------------------------------------------
+    async def read(self, log_key: str, after: int, limit: int) -> Page:
+        """Up to `limit` events with id > `after`, plus the log's first and last ids."""
+
+    async def wait(
+        self, cursors: Mapping[str, int], timeout_s: float, count: int
+    ) -> dict[str, list[StoredEvent]]:
+        """Block until some log has events past its cursor (or timeout); return them."""
+
+    # Topics: logs without a run ------------------------------------------------------
+    async def append_topic(self, owner: str, topic: str, type_: str, body: bytes) -> int: ...
+
+    # Operations, deadlines, workers ------------------------------------------------
+    async def put_operation(self, op: Operation, ttl_s: int) -> bool:
+        """Record an operation; False if that id is already recorded."""
+
+    async def get_operation(self, operation_id: str) -> Operation | None: ...
+
+    async def schedule(self, run_id: str, due: float) -> None:
+        """Ask the reaper to look at this run at `due` (unix time); replaces any earlier due."""
+
+    async def due(self, now: float, limit: int) -> list[str]: ...
+
+    async def unschedule(self, run_id: str) -> None: ...
+
+    async def worker_heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl_s: float) -> None: ...
+
+    async def remove_worker(self, worker_id: str) -> None: ...
+
+    async def list_workers(self) -> list[dict[str, Any]]: ...
+
+    async def wake(self, wake_key: str) -> None:
+        """Make a `wait` that includes `wake_key` return now (used to add logs to a wait)."""

@@ -1,0 +1,64 @@
+"""Every Redis key runrelay writes, in one place.
+
+All of one session's keys share the hash tag ``{s:<session_id>}``: a run's record,
+its log, and its session's log are written by one script, so on Redis Cluster
+they must sit in one slot. Everything else is addressed by its own single key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+
+    def _tag(self, session_id: str) -> str:
+        return f"{self.prefix}{{s:{session_id}}}"
+
+    def run(self, session_id: str, run_id: str) -> str:
+        return f"{self._tag(session_id)}:run:{run_id}"
+
+    def run_log(self, session_id: str, run_id: str) -> str:
+        return f"{self._tag(session_id)}:run:{run_id}:log"
+
+    def session(self, session_id: str) -> str:
+        return f"{self._tag(session_id)}:session"
+
+    def session_log(self, session_id: str) -> str:
+        return f"{self._tag(session_id)}:session:log"
+
+    def session_runs(self, session_id: str) -> str:
+        return f"{self._tag(session_id)}:session:runs"
+
+    def run_index(self, run_id: str) -> str:
+        """run id -> session id; written once at create, never changes."""
+        return f"{self.prefix}runidx:{run_id}"
+
+    def owner_runs(self, owner: str) -> str:
+        return f"{self.prefix}owner:{owner}:runs"
+
+    def idempotency(self, owner: str, key: str) -> str:
+        return f"{self.prefix}idem:{owner}:{key}"
+
+    def operation(self, operation_id: str) -> str:
+        return f"{self.prefix}op:{operation_id}"
+
+    def deadlines(self) -> str:
+        return f"{self.prefix}deadlines"
+
+    def workers(self) -> str:
+        return f"{self.prefix}workers"
+
+    def topic(self, owner: str, topic: str) -> str:
+        return f"{self.prefix}{{t:{owner}:{topic}}}:topic"
+
+    def topic_log(self, owner: str, topic: str) -> str:
+        return f"{self.prefix}{{t:{owner}:{topic}}}:topic:log"
+
+    def wakeup(self, reader_id: str) -> str:
+        return f"{self.prefix}wakeup:{reader_id}"
+
+    def workers_info(self) -> str:
+        return f"{self.prefix}workers:info"

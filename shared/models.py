@@ -1,0 +1,121 @@
+"""Data shapes shared by every process: statuses, run records, events, broker messages."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, NamedTuple
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+
+ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+_ID_RE = re.compile(ID_PATTERN)
+Ident = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+
+
+def valid_id(value: str) -> bool:
+    """Ids appear in Redis keys and hash tags, so they are a safe, bounded alphabet."""
+    return bool(_ID_RE.match(value))
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
+
+
+class StoredEvent(NamedTuple):
+    """One event as the log keeps it: its id, its type and its JSON, encoded once."""
+
+    id: int
+    type: str
+    json: bytes
+
+    def decode(self) -> dict[str, Any]:
+        value: dict[str, Any] = orjson.loads(self.json)
+        return value
+
+
+class Page(NamedTuple):
+    """Events after a cursor, plus what the log still holds (for gap reporting)."""
+
+    events: list[StoredEvent]
+    first_id: int  # oldest retained id, 0 when the log is empty or gone
+    last_id: int  # newest id ever appended, 0 when none
+
+
+class RunRecord(BaseModel):
+    """The run as clients see it (`GET /v1/runs/{id}`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    session_id: str
+    owner: str
+    tool: str
+    input: dict[str, Any]
+    status: RunStatus
+    attempt: int
+    created_at: str
+    updated_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    last_event_id: int = 0
+    error: str | None = None
+    worker: str | None = None
+    cancel_requested: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"owner"})
+
+
+class RunRequestMessage(BaseModel):
+    """The AMQP message on `runrelay.runs` (the run record itself lives in Redis)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: Ident
+    attempt: int = Field(ge=1)
+
+
+class OperationCompleteMessage(BaseModel):
+    """The external completion contract on `chat_operation_complete` (names fixed by SPEC §6)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    operation_id: Ident
+    task_id: Ident
+    success: StrictBool
+    result: dict[str, Any] | list[Any] | str | int | float | None = None
+    error: str | None = None
+
+
+class Operation(BaseModel):
+    """A delegated piece of work and the run it belongs to."""
+
+    operation_id: str
+    task_id: str  # the run id
+    session_id: str
+    tool_call_id: str
+    tool_name: str

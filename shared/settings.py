@@ -1,0 +1,116 @@
+"""One typed settings object, built once at process start from ``RUNRELAY_*`` variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+_SECRET_FIELDS = ("api_tokens", "jwt_secret", "internal_api_key", "llm_api_key")
+
+
+class Settings(BaseSettings):
+    """Every setting of every process; env var = ``RUNRELAY_`` + upper-cased field name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RUNRELAY_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Backends: unset means "embedded" (only `runrelay dev` accepts that).
+    redis_url: str | None = None
+    amqp_url: str | None = None
+    key_prefix: str = Field(default="runrelay:", min_length=1, max_length=64)
+
+    # Event log retention.
+    stream_ttl_s: int = Field(default=3600, ge=1)
+    stream_max_events: int = Field(default=10_000, ge=10)
+
+    # Streaming.
+    heartbeat_s: float = Field(default=15.0, gt=0)
+    max_connection_s: float = Field(default=300.0, gt=0)
+    retry_ms: int = Field(default=2000, ge=0)
+    subscriber_buffer: int = Field(default=1024, ge=8)
+    max_streams_per_owner: int = Field(default=200, ge=1)
+    max_active_runs_per_owner: int = Field(default=1000, ge=1)
+
+    # Auth and input bounds.
+    api_tokens: SecretStr | None = None
+    jwt_secret: SecretStr | None = None
+    allow_anonymous: bool = False
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    internal_api_key: SecretStr | None = None
+
+    # Workers.
+    worker_concurrency: int = Field(default=8, ge=1, le=1000)
+    lease_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    publish_grace_s: float = Field(default=30.0, gt=0)
+    tools: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Delegated operations.
+    generator_url: str = "http://127.0.0.1:8001"
+    generator_timeout_s: float = Field(default=30.0, gt=0)
+    early_completion_s: float = Field(default=60.0, ge=0)
+    operation_timeout_s: float = Field(default=3600.0, gt=0)
+    completion_max_redeliveries: int = Field(default=5, ge=1)
+
+    # LLM tool.
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "gpt-4o-mini"
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _split_tools(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def token_owners(self) -> dict[str, str]:
+        """``RUNRELAY_API_TOKENS`` (``token:owner,...``) as a mapping."""
+        if self.api_tokens is None:
+            return {}
+        owners: dict[str, str] = {}
+        for pair in self.api_tokens.get_secret_value().split(","):
+            token, sep, owner = pair.strip().partition(":")
+            if pair.strip() and (not sep or not token or not owner):
+                raise ConfigError("RUNRELAY_API_TOKENS: each entry must be token:owner")
+            if token:
+                owners[token] = owner
+        return owners
+
+    def masked(self) -> dict[str, object]:
+        """The effective settings with secrets replaced, for `runrelay config`."""
+        out: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if name in _SECRET_FIELDS and value is not None:
+                value = "********"
+            elif name.endswith("_url") and isinstance(value, str) and "@" in value:
+                scheme, _, rest = value.partition("://")
+                value = f"{scheme}://********@{rest.rpartition('@')[2]}"
+            out[f"RUNRELAY_{name.upper()}"] = value
+        return out
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning validation errors into one message naming each variable."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings.token_owners()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"RUNRELAY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,1 @@
+"""The worker and completion-consumer processes, and the tools."""
