@@ -18,7 +18,9 @@ from shared.keys import Keys
 from shared.models import Operation, Page, StoredEvent
 
 
-def encode_body(run_id: str, session_id: str, type_: str, data: Mapping[str, Any], at: str) -> bytes:
+def encode_body(
+    run_id: str, session_id: str, type_: str, data: Mapping[str, Any], at: str
+) -> bytes:
     """The event's JSON minus its opening ``{"id":N,`` which the backend adds on append."""
     full = orjson.dumps(
         {"run_id": run_id, "session_id": session_id, "type": type_, "data": data, "created_at": at}
@@ -53,7 +55,9 @@ class EventLog(Protocol):
     async def close(self) -> None: ...
 
     # Run records and their logs -------------------------------------------------
-    async def create_run(self, fields: Mapping[str, str], first_type: str, first_body: bytes) -> None:
+    async def create_run(
+        self, fields: Mapping[str, str], first_type: str, first_body: bytes
+    ) -> None:
         """Store a new run (fields include run_id, session_id, owner, status) and its first event.
 
         Raises `Conflict` if the run id exists, `NotFound` if the session belongs to
@@ -110,7 +114,9 @@ class EventLog(Protocol):
 
     async def unschedule(self, run_id: str) -> None: ...
 
-    async def worker_heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl_s: float) -> None: ...
+    async def worker_heartbeat(
+        self, worker_id: str, info: Mapping[str, Any], ttl_s: float
+    ) -> None: ...
 
     async def remove_worker(self, worker_id: str) -> None: ...
 

@@ -1,0 +1,354 @@
+"""The event log on Redis Streams; the only module (with the tail reader) that imports redis."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.errors import AppendRefused, BackendUnavailable, Conflict, NotFound
+from shared.eventlog import scripts
+from shared.eventlog.base import Transition
+from shared.keys import Keys
+from shared.models import Operation, Page, StoredEvent, utcnow
+
+# Commands on the shared pool must fail fast when Redis is gone; blocking reads get
+# their own pool with a timeout longer than any block they issue.
+_COMMAND_TIMEOUT_S = 5.0
+_BLOCK_SLACK_S = 5.0
+_INDEX_CACHE = 100_000
+
+
+def _seq(stream_id: bytes | str) -> int:
+    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    return int(text.partition("-")[2])
+
+
+def _events(entries: list[Any]) -> list[StoredEvent]:
+    return [StoredEvent(_seq(eid), fields[b"t"].decode(), fields[b"d"]) for eid, fields in entries]
+
+
+def _flat_events(entries: list[Any]) -> list[StoredEvent]:
+    """Entries as Lua returns them: [id, [k, v, k, v]]."""
+    out = []
+    for eid, kv in entries:
+        fields = dict(zip(kv[::2], kv[1::2], strict=True))
+        out.append(StoredEvent(_seq(eid), fields[b"t"].decode(), fields[b"d"]))
+    return out
+
+
+def _pairs(mapping: Mapping[str, str]) -> list[str]:
+    flat: list[str] = []
+    for key, value in mapping.items():
+        flat += [key, value]
+    return flat
+
+
+def _text(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+class RedisEventLog:
+    """`EventLog` on Redis; a fixed handful of connections however many readers there are."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        ttl_s: int,
+        max_events: int,
+        max_connections: int = 8,
+    ) -> None:
+        self.keys = Keys(prefix)
+        self._url = url
+        self._ttl_s = ttl_s
+        self._max_events = max_events
+        self._redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=_COMMAND_TIMEOUT_S,
+                socket_timeout=_COMMAND_TIMEOUT_S,
+                socket_connect_timeout=_COMMAND_TIMEOUT_S,
+            )
+        )
+        self._blocking = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=2,
+                timeout=None,
+                socket_timeout=None,
+                socket_connect_timeout=_COMMAND_TIMEOUT_S,
+            )
+        )
+        self._create = self._redis.register_script(scripts.CREATE)
+        self._append = self._redis.register_script(scripts.APPEND)
+        self._update = self._redis.register_script(scripts.UPDATE)
+        self._read = self._redis.register_script(scripts.READ)
+        self._append_topic = self._redis.register_script(scripts.APPEND_TOPIC)
+        # run id -> session id never changes once written, so caching it is always safe.
+        self._sessions: OrderedDict[str, str] = OrderedDict()
+
+    def _unavailable(self, exc: Exception) -> BackendUnavailable:
+        host = self._url.rpartition("@")[2]
+        return BackendUnavailable(f"Redis at {host} is unavailable: {exc}")
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._blocking.aclose()
+
+    def _run_keys(self, session_id: str, run_id: str) -> list[str]:
+        k = self.keys
+        return [
+            k.run(session_id, run_id),
+            k.run_log(session_id, run_id),
+            k.session(session_id),
+            k.session_log(session_id),
+            k.session_runs(session_id),
+        ]
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _session_of(self, run_id: str) -> str | None:
+        session_id = self._sessions.get(run_id)
+        if session_id is not None:
+            self._sessions.move_to_end(run_id)
+            return session_id
+        raw = await self._call(self._redis.get(self.keys.run_index(run_id)))
+        if raw is None:
+            return None
+        session_id = str(raw.decode())
+        self._sessions[run_id] = session_id
+        if len(self._sessions) > _INDEX_CACHE:
+            self._sessions.popitem(last=False)
+        return session_id
+
+    # Runs ---------------------------------------------------------------------------
+    async def create_run(
+        self, fields: Mapping[str, str], first_type: str, first_body: bytes
+    ) -> None:
+        run_id, session_id, owner = fields["run_id"], fields["session_id"], fields["owner"]
+        # The index is written first: a crash before the script leaves a harmless
+        # pointer to nothing, never a run nobody can find.
+        await self._call(self._redis.set(self.keys.run_index(run_id), session_id))
+        score = time.time()
+        result = await self._call(
+            self._create(
+                keys=self._run_keys(session_id, run_id),
+                args=[
+                    owner,
+                    run_id,
+                    score,
+                    first_type,
+                    first_body,
+                    self._max_events,
+                    len(fields),
+                    *_pairs(fields),
+                ],
+            )
+        )
+        if result == b"exists":
+            raise Conflict(f"run {run_id} already exists")
+        if result == b"session_owner":
+            raise NotFound(f"session {session_id} not found")
+        await self._call(
+            self._redis.zadd(self.keys.owner_runs(owner), {f"{session_id}/{run_id}": score})
+        )
+
+    async def append(
+        self, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
+    ) -> int:
+        allowed = "," + ",".join(sorted(rule.allowed_from)) + "," if rule.allowed_from else ""
+        now = rule.fields.get("updated_at") or utcnow()
+        result = await self._call(
+            self._append(
+                keys=self._run_keys(session_id, run_id),
+                args=[
+                    type_,
+                    body,
+                    rule.to or "",
+                    "1" if rule.terminal else "0",
+                    allowed,
+                    now,
+                    self._ttl_s,
+                    self._max_events,
+                    len(rule.expect),
+                    *_pairs(rule.expect),
+                    len(rule.fields),
+                    *_pairs(rule.fields),
+                ],
+            )
+        )
+        event_id, status = int(result[0]), result[1].decode()
+        if event_id > 0:
+            if rule.terminal:
+                await self._call(self._redis.expire(self.keys.run_index(run_id), self._ttl_s))
+            return event_id
+        if not status:
+            raise NotFound(f"run {run_id} not found")
+        raise AppendRefused(run_id, status, type_)
+
+    async def get_run(self, run_id: str) -> dict[str, str] | None:
+        session_id = await self._session_of(run_id)
+        if session_id is None:
+            return None
+        raw = await self._call(self._redis.hgetall(self.keys.run(session_id, run_id)))
+        return _text(raw) if raw else None
+
+    async def update_run(
+        self, run_id: str, expect: Mapping[str, str], fields: Mapping[str, str]
+    ) -> tuple[bool, dict[str, str] | None]:
+        session_id = await self._session_of(run_id)
+        if session_id is None:
+            return False, None
+        applied, flat = await self._call(
+            self._update(
+                keys=[self.keys.run(session_id, run_id)],
+                args=[len(expect), *_pairs(expect), len(fields), *_pairs(fields)],
+            )
+        )
+        if not flat:
+            return False, None
+        record = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+        return bool(applied), record
+
+    async def list_runs(
+        self, owner: str, session_id: str | None, limit: int, offset: int
+    ) -> list[dict[str, str]]:
+        if session_id is not None:
+            members = await self._call(
+                self._redis.zrevrange(
+                    self.keys.session_runs(session_id), offset, offset + limit - 1
+                )
+            )
+            refs = [(session_id, m.decode()) for m in members]
+        else:
+            members = await self._call(
+                self._redis.zrevrange(self.keys.owner_runs(owner), offset, offset + limit - 1)
+            )
+            refs = [tuple(m.decode().split("/", 1)) for m in members]
+        if not refs:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for sid, rid in refs:
+                pipe.hgetall(self.keys.run(sid, rid))
+            raws = await self._call(pipe.execute())
+        records = [_text(raw) for raw in raws if raw]
+        expired = [f"{sid}/{rid}" for (sid, rid), raw in zip(refs, raws, strict=True) if not raw]
+        if expired and session_id is None:
+            await self._call(self._redis.zrem(self.keys.owner_runs(owner), *expired))
+        return [r for r in records if r.get("owner") == owner]
+
+    async def session_owner(self, session_id: str) -> str | None:
+        raw = await self._call(self._redis.hget(self.keys.session(session_id), "owner"))
+        return raw.decode() if raw is not None else None
+
+    async def claim_idempotency(self, owner: str, key: str, run_id: str, ttl_s: int) -> str:
+        k = self.keys.idempotency(owner, key)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(k, run_id, nx=True, ex=ttl_s)
+            pipe.get(k)
+            _, bound = await self._call(pipe.execute())
+        return str(bound.decode())
+
+    # Reading ------------------------------------------------------------------------
+    async def read(self, log_key: str, after: int, limit: int) -> Page:
+        entries, first, last = await self._call(self._read(keys=[log_key], args=[after, limit]))
+        return Page(_flat_events(entries), _seq(first), _seq(last))
+
+    async def wait(
+        self, cursors: Mapping[str, int], timeout_s: float, count: int
+    ) -> dict[str, list[StoredEvent]]:
+        if not cursors:
+            return {}
+        streams: dict[Any, Any] = {key: f"0-{cursor}" for key, cursor in cursors.items()}
+        block_ms = max(1, int(timeout_s * 1000))
+        try:
+            reply: Any = await self._blocking.xread(streams, count=count, block=block_ms)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return {key.decode(): _events(entries) for key, entries in reply or []}
+
+    async def wake(self, wake_key: str) -> None:
+        await self._call(self._redis.xadd(wake_key, {"w": 1}, maxlen=1))
+        await self._call(self._redis.expire(wake_key, 3600))
+
+    # Topics -------------------------------------------------------------------------
+    async def append_topic(self, owner: str, topic: str, type_: str, body: bytes) -> int:
+        result = await self._call(
+            self._append_topic(
+                keys=[self.keys.topic(owner, topic), self.keys.topic_log(owner, topic)],
+                args=[type_, body, self._ttl_s, self._max_events],
+            )
+        )
+        return int(result)
+
+    # Operations, deadlines, workers -------------------------------------------------
+    async def put_operation(self, op: Operation, ttl_s: int) -> bool:
+        created = await self._call(
+            self._redis.set(
+                self.keys.operation(op.operation_id), op.model_dump_json(), nx=True, ex=ttl_s
+            )
+        )
+        return bool(created)
+
+    async def get_operation(self, operation_id: str) -> Operation | None:
+        raw = await self._call(self._redis.get(self.keys.operation(operation_id)))
+        return Operation.model_validate_json(raw) if raw is not None else None
+
+    async def schedule(self, run_id: str, due: float) -> None:
+        await self._call(self._redis.zadd(self.keys.deadlines(), {run_id: due}))
+
+    async def due(self, now: float, limit: int) -> list[str]:
+        raw = await self._call(
+            self._redis.zrangebyscore(self.keys.deadlines(), "-inf", now, start=0, num=limit)
+        )
+        return [r.decode() for r in raw]
+
+    async def unschedule(self, run_id: str) -> None:
+        await self._call(self._redis.zrem(self.keys.deadlines(), run_id))
+
+    async def worker_heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl_s: float) -> None:
+        now = time.time()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.workers(), {worker_id: now + ttl_s})
+            pipe.hset(
+                self.keys.workers_info(),
+                worker_id,
+                orjson.dumps({**info, "worker_id": worker_id, "last_seen": now}),
+            )
+            pipe.zremrangebyscore(self.keys.workers(), "-inf", now)
+            await self._call(pipe.execute())
+
+    async def remove_worker(self, worker_id: str) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.workers(), worker_id)
+            pipe.hdel(self.keys.workers_info(), worker_id)
+            await self._call(pipe.execute())
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        alive = await self._call(
+            self._redis.zrangebyscore(self.keys.workers(), time.time(), "+inf")
+        )
+        if not alive:
+            return []
+        infos = await self._call(self._redis.hmget(self.keys.workers_info(), alive))
+        return [orjson.loads(i) for i in infos if i is not None]

@@ -1,0 +1,270 @@
+"""Run lifecycle policy: which event may follow which status, decided once, above the backends.
+
+    queued ──run.started──▶ running ──operation.accepted──▶ waiting
+      ▲                       │  ▲                              │
+      └──────run.retrying─────┘  └────operation.completed───────┘
+    any non-terminal ──run.completed | run.failed | run.cancelled──▶ terminal (exactly once)
+
+Every transition is one conditional append (`EventLog.append` with a `Transition`),
+so the event and the status change can never disagree, and of two racing terminal
+events exactly one is stored. Events a worker appends carry the worker id and the
+attempt as expectations, so a worker that lost its lease cannot write into a run
+that another worker has taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from shared.errors import AppendRefused, BadRequest, Conflict, NotFound
+from shared.eventlog.base import EventLog, Transition, encode_body
+from shared.models import RunRecord, RunStatus, utcnow, valid_id
+
+_ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING})
+_RUNNING = frozenset({RunStatus.RUNNING.value})
+_WAITING = frozenset({RunStatus.WAITING.value})
+_IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}_{uuid.uuid4().hex}"
+
+
+def record_from(fields: Mapping[str, str]) -> RunRecord:
+    def opt(name: str) -> str | None:
+        return fields.get(name) or None
+
+    return RunRecord(
+        run_id=fields["run_id"],
+        session_id=fields["session_id"],
+        owner=fields["owner"],
+        tool=fields["tool"],
+        input=orjson.loads(fields.get("input", "{}")),
+        status=RunStatus(fields["status"]),
+        attempt=int(fields.get("attempt", "1")),
+        created_at=fields["created_at"],
+        updated_at=fields.get("updated_at", fields["created_at"]),
+        started_at=opt("started_at"),
+        finished_at=opt("finished_at"),
+        last_event_id=int(fields.get("last_event_id", "0")),
+        error=opt("error"),
+        worker=opt("worker"),
+        cancel_requested=fields.get("cancel_requested") == "1",
+    )
+
+
+class Runs:
+    """Create, read and move runs through their lifecycle."""
+
+    def __init__(self, log: EventLog, *, publish_grace_s: float = 30.0) -> None:
+        self.log = log
+        self._publish_grace_s = publish_grace_s
+
+    # Creating and reading ----------------------------------------------------------
+    async def create(
+        self,
+        *,
+        owner: str,
+        tool: str,
+        input: Mapping[str, Any],
+        session_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[RunRecord, bool]:
+        """Record a queued run with its `run.queued` event; (record, created?)."""
+        if session_id is not None and not valid_id(session_id):
+            raise BadRequest("session_id must be 1-128 of A-Z a-z 0-9 . _ : -", "session_id")
+        if idempotency_key is not None and not valid_id(idempotency_key):
+            raise BadRequest(
+                "Idempotency-Key must be 1-128 of A-Z a-z 0-9 . _ : -", "Idempotency-Key"
+            )
+        run_id = new_id("run")
+        if idempotency_key is not None:
+            bound = await self.log.claim_idempotency(
+                owner, idempotency_key, run_id, _IDEMPOTENCY_TTL_S
+            )
+            if bound != run_id:
+                existing = await self.log.get_run(bound)
+                if existing is not None:
+                    return record_from(existing), False
+                # The first request died between binding the key and storing the run:
+                # take the binding over rather than failing forever.
+                run_id = bound
+        session_id = session_id or new_id("sess")
+        now = utcnow()
+        fields = {
+            "run_id": run_id,
+            "session_id": session_id,
+            "owner": owner,
+            "tool": tool,
+            "input": orjson.dumps(dict(input)).decode(),
+            "status": RunStatus.QUEUED.value,
+            "attempt": "1",
+            "created_at": now,
+            "updated_at": now,
+        }
+        body = encode_body(
+            run_id, session_id, "run.queued", {"tool": tool, "input": input, "attempt": 1}, now
+        )
+        # Scheduled before it exists, so a crash after create but before publish is
+        # found by the reaper and republished (see workers.reaper).
+        await self.log.schedule(run_id, time.time() + self._publish_grace_s)
+        try:
+            await self.log.create_run(fields, "run.queued", body)
+        except Conflict:
+            existing = await self.log.get_run(run_id)
+            if existing is None:
+                raise
+            return record_from(existing), False
+        return record_from({**fields, "last_event_id": "1"}), True
+
+    async def get(self, run_id: str, owner: str | None = None) -> RunRecord:
+        """The run, or `NotFound` when it is unknown or (given `owner`) not theirs."""
+        fields = await self.log.get_run(run_id) if valid_id(run_id) else None
+        if fields is None or (owner is not None and fields.get("owner") != owner):
+            raise NotFound(f"run {run_id} not found")
+        return record_from(fields)
+
+    async def list(
+        self,
+        owner: str,
+        *,
+        session_id: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 50,
+    ) -> list[RunRecord]:
+        out: list[RunRecord] = []
+        offset, batch = 0, max(limit, 50)
+        while len(out) < limit:
+            rows = await self.log.list_runs(owner, session_id, batch, offset)
+            if not rows:
+                break
+            out += [r for r in map(record_from, rows) if status is None or r.status == status]
+            offset += batch
+            if status is None:
+                break
+        return out[:limit]
+
+    # Appending -------------------------------------------------------------------------
+    async def append(
+        self,
+        run: RunRecord,
+        type_: str,
+        data: Mapping[str, Any],
+        rule: Transition,
+    ) -> int:
+        body = encode_body(run.run_id, run.session_id, type_, data, utcnow())
+        return await self.log.append(run.session_id, run.run_id, type_, body, rule)
+
+    async def emit(
+        self, run: RunRecord, type_: str, data: Mapping[str, Any], *, worker: str | None = None
+    ) -> int:
+        """A non-lifecycle event (output, tool, custom.*) from whoever runs the run now."""
+        expect = _holder(run, worker)
+        return await self.append(run, type_, data, Transition(_RUNNING, expect=expect))
+
+    async def start(self, run: RunRecord, *, worker: str, lease_until: float) -> RunRecord | None:
+        """Claim a queued run for `worker`; None when someone else has it or it ended."""
+        now = utcnow()
+        rule = Transition(
+            frozenset({RunStatus.QUEUED.value}),
+            to=RunStatus.RUNNING.value,
+            expect={"attempt": str(run.attempt)},
+            fields={
+                "worker": worker,
+                "lease_until": repr(lease_until),
+                "started_at": run.started_at or now,
+                "updated_at": now,
+            },
+        )
+        try:
+            await self.append(run, "run.started", {"attempt": run.attempt, "worker": worker}, rule)
+        except AppendRefused:
+            return None
+        return await self.get(run.run_id)
+
+    async def refresh_lease(
+        self, run: RunRecord, *, worker: str, lease_until: float
+    ) -> RunRecord | None:
+        """Extend the lease; None when the run is no longer this worker's to run."""
+        applied, fields = await self.log.update_run(
+            run.run_id,
+            {"status": RunStatus.RUNNING.value, "worker": worker, "attempt": str(run.attempt)},
+            {"lease_until": repr(lease_until)},
+        )
+        return record_from(fields) if applied and fields else None
+
+    async def delegate(
+        self, run: RunRecord, data: Mapping[str, Any], *, worker: str | None = None
+    ) -> int:
+        """`operation.accepted`: the run waits for an external completion; no worker holds it."""
+        rule = Transition(
+            _RUNNING,
+            to=RunStatus.WAITING.value,
+            expect=_holder(run, worker),
+            fields={"worker": "", "lease_until": ""},
+        )
+        return await self.append(run, "operation.accepted", data, rule)
+
+    async def resume(self, run: RunRecord, data: Mapping[str, Any], *, worker: str) -> int:
+        """`operation.completed`: a waiting run continues, held by `worker`."""
+        rule = Transition(_WAITING, to=RunStatus.RUNNING.value, fields={"worker": worker})
+        return await self.append(run, "operation.completed", data, rule)
+
+    async def retry(self, run: RunRecord, reason: str, *, expect: Mapping[str, str]) -> int:
+        """Back to `queued` for the next attempt (`run.retrying`)."""
+        attempt = run.attempt + 1
+        rule = Transition(
+            frozenset({RunStatus.RUNNING.value, RunStatus.QUEUED.value}),
+            to=RunStatus.QUEUED.value,
+            expect=expect,
+            fields={"attempt": str(attempt), "worker": "", "lease_until": ""},
+        )
+        return await self.append(run, "run.retrying", {"attempt": attempt, "reason": reason}, rule)
+
+    async def finish(
+        self,
+        run: RunRecord,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        reason: str | None = None,
+        expect: Mapping[str, str] | None = None,
+    ) -> int:
+        """Append the one terminal event; `AppendRefused` if the run already ended."""
+        if not status.terminal:
+            raise ValueError(f"{status} is not terminal")
+        data: dict[str, Any] = {"status": status.value}
+        fields = {"worker": "", "lease_until": ""}
+        if error is not None:
+            data["error"] = error
+            fields["error"] = error
+        if reason is not None:
+            data["reason"] = reason
+        rule = Transition(to=status.value, terminal=True, expect=expect or {}, fields=fields)
+        event_id = await self.append(run, f"run.{status.value}", data, rule)
+        await self.log.unschedule(run.run_id)
+        return event_id
+
+    async def cancel(self, run: RunRecord, reason: str = "cancelled by client") -> RunRecord:
+        """Idempotent: ends the run `cancelled` unless it already ended; returns the record.
+
+        The terminal event is appended here, at once; the worker running the tool sees
+        the run end and stops it, and any append it still tries is refused.
+        """
+        if run.status in _ACTIVE:
+            await self.log.update_run(run.run_id, {}, {"cancel_requested": "1"})
+            with contextlib.suppress(AppendRefused):
+                await self.finish(run, RunStatus.CANCELLED, reason=reason)
+        return await self.get(run.run_id)
+
+
+def _holder(run: RunRecord, worker: str | None) -> dict[str, str]:
+    if worker is None:
+        return {}
+    return {"worker": worker, "attempt": str(run.attempt)}

@@ -1,0 +1,276 @@
+"""The event-log contract, identical for the embedded and the Redis backend."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.errors import AppendRefused, NotFound
+from shared.eventlog.base import EventLog, Transition
+from shared.eventlog.follow import Gap, follow, replay
+from shared.lifecycle import Runs
+from shared.models import RunRecord, RunStatus, StoredEvent
+from tests.contract.conftest import MakeLog
+from tests.support.wait import wait_for
+
+
+async def started(runs: Runs, worker: str = "w1", **create: object) -> RunRecord:
+    run, _ = await runs.create(owner="alice", tool="story", input={"prompt": "x"}, **create)  # type: ignore[arg-type]
+    claimed = await runs.start(run, worker=worker, lease_until=time.time() + 30)
+    assert claimed is not None
+    return claimed
+
+
+async def all_events(log: EventLog, key: str) -> list[StoredEvent]:
+    return [e async for e in replay(log, key, 0) if isinstance(e, StoredEvent)]
+
+
+async def test_concurrent_appenders_get_gapless_unique_ids(runs: Runs, log: EventLog) -> None:
+    run = await started(runs)
+
+    async def producer(n: int) -> None:
+        for i in range(500):
+            await runs.emit(run, "output.message.delta", {"delta": f"{n}:{i}"}, worker="w1")
+
+    await asyncio.gather(*(producer(n) for n in range(20)))
+
+    events = await all_events(log, log.keys.run_log(run.session_id, run.run_id))
+    assert [e.id for e in events] == list(range(1, 10_003))  # queued + started + 10,000
+    assert [e.decode()["id"] for e in events] == [e.id for e in events]
+    deltas = [e.decode()["data"]["delta"] for e in events if e.type == "output.message.delta"]
+    assert len(set(deltas)) == 10_000
+    assert (await runs.get(run.run_id)).last_event_id == 10_002
+
+
+async def test_reader_from_random_cursor_sees_every_later_event_once(
+    runs: Runs, log: EventLog
+) -> None:
+    run = await started(runs)
+    key = log.keys.run_log(run.session_id, run.run_id)
+    for i in range(50):
+        await runs.emit(run, "output.message.delta", {"delta": str(i)}, worker="w1")
+    cursor = random.randint(0, 52)
+
+    async def produce() -> None:
+        for i in range(50, 300):
+            await runs.emit(run, "output.message.delta", {"delta": str(i)}, worker="w1")
+            if i % 37 == 0:
+                await asyncio.sleep(0)  # let the reader switch from replay to live mid-stream
+        await runs.finish(run, RunStatus.COMPLETED, expect={"worker": "w1"})
+
+    async def read() -> list[int]:
+        return [
+            e.id async for e in follow(log, key, cursor, wait_s=0.2) if isinstance(e, StoredEvent)
+        ]
+
+    seen, _ = await asyncio.wait_for(asyncio.gather(read(), produce()), 30)
+    assert seen == list(range(cursor + 1, 304))  # 2 + 300 + terminal
+
+
+async def test_racing_terminal_appends_exactly_one_wins(runs: Runs, log: EventLog) -> None:
+    run = await started(runs)
+    outcomes = await asyncio.gather(
+        runs.finish(run, RunStatus.COMPLETED),
+        runs.finish(run, RunStatus.FAILED, error="boom"),
+        runs.finish(run, RunStatus.CANCELLED, reason="client"),
+        return_exceptions=True,
+    )
+    winners = [o for o in outcomes if isinstance(o, int)]
+    assert len(winners) == 1
+    assert all(isinstance(o, AppendRefused) for o in outcomes if not isinstance(o, int))
+    with pytest.raises(AppendRefused):
+        await runs.emit(run, "output.message.delta", {"delta": "late"})
+    events = await all_events(log, log.keys.run_log(run.session_id, run.run_id))
+    assert [e.type for e in events].count("run.completed") + [e.type for e in events].count(
+        "run.failed"
+    ) + [e.type for e in events].count("run.cancelled") == 1
+    assert events[-1].id == winners[0]
+    assert (await runs.get(run.run_id)).terminal
+
+
+async def test_trimmed_log_reports_its_oldest_id(make_log: MakeLog) -> None:
+    log = make_log(max_events=10)
+    runs = Runs(log)
+    run = await started(runs)
+    for i in range(23):
+        await runs.emit(run, "output.message.delta", {"delta": str(i)}, worker="w1")
+    key = log.keys.run_log(run.session_id, run.run_id)
+
+    page = await log.read(key, 0, 100)
+    assert (page.first_id, page.last_id) == (16, 25)
+    assert [e.id for e in page.events] == list(range(16, 26))
+    items = [i async for i in replay(log, key, 3)]
+    assert items[0] == Gap(4, 15)
+    assert [i.id for i in items[1:] if isinstance(i, StoredEvent)] == list(range(16, 26))
+
+
+async def test_a_run_longer_than_the_ttl_keeps_its_whole_log(make_log: MakeLog) -> None:
+    log = make_log(ttl_s=1)
+    runs = Runs(log)
+    run = await started(runs)
+    await runs.emit(run, "output.message.delta", {"delta": "early"}, worker="w1")
+    # Time passing beyond the TTL is what this test is about, not a wait for a condition.
+    await asyncio.sleep(1.5)
+    await runs.emit(run, "output.message.delta", {"delta": "late"}, worker="w1")
+    key = log.keys.run_log(run.session_id, run.run_id)
+    assert [e.id for e in await all_events(log, key)] == [1, 2, 3, 4]
+
+    await runs.finish(run, RunStatus.COMPLETED)
+    # After the run ends the retention clock starts; the log then goes away by itself.
+    await wait_for(lambda: _gone(runs, run.run_id), timeout=10, message="log never expired")
+    assert (await log.read(key, 0, 10)).events == []
+
+
+async def _gone(runs: Runs, run_id: str) -> bool:
+    try:
+        await runs.get(run_id)
+    except NotFound:
+        return True
+    return False
+
+
+async def test_two_prefixes_never_see_each_other(make_log: MakeLog, prefix: str) -> None:
+    a, b = Runs(make_log(prefix=prefix + "a:")), Runs(make_log(prefix=prefix + "b:"))
+    run, _ = await a.create(owner="alice", tool="story", input={}, session_id="shared-session")
+    with pytest.raises(NotFound):
+        await b.get(run.run_id)
+    assert await b.list("alice") == []
+    other, _ = await b.create(owner="bob", tool="story", input={}, session_id="shared-session")
+    assert [r.run_id for r in await a.list("alice")] == [run.run_id]
+    assert [r.run_id for r in await b.list("bob")] == [other.run_id]
+
+
+async def test_idempotent_create_returns_the_same_run(runs: Runs) -> None:
+    first, created = await runs.create(
+        owner="alice", tool="story", input={"a": 1}, idempotency_key="key-1"
+    )
+    again, created_again = await runs.create(
+        owner="alice", tool="story", input={"a": 1}, idempotency_key="key-1"
+    )
+    other, _ = await runs.create(owner="bob", tool="story", input={}, idempotency_key="key-1")
+    assert created and not created_again
+    assert again.run_id == first.run_id
+    assert other.run_id != first.run_id
+    assert len(await runs.list("alice")) == 1
+
+
+async def test_session_log_interleaves_runs_with_session_local_ids(
+    runs: Runs, log: EventLog
+) -> None:
+    a = await started(runs, session_id="chat-1")
+    b = await started(runs, session_id="chat-1")
+    await runs.emit(a, "output.message.delta", {"delta": "a"}, worker="w1")
+    await runs.emit(b, "output.message.delta", {"delta": "b"}, worker="w1")
+    await runs.finish(a, RunStatus.COMPLETED)
+
+    events = await all_events(log, log.keys.session_log("chat-1"))
+    assert [e.id for e in events] == list(range(1, 8))
+    decoded = [e.decode() for e in events]
+    assert [(d["run_id"], d["run_event_id"]) for d in decoded] == [
+        (a.run_id, 1), (a.run_id, 2), (b.run_id, 1), (b.run_id, 2),
+        (a.run_id, 3), (b.run_id, 3), (a.run_id, 4),
+    ]  # fmt: skip
+    assert [r.run_id for r in await runs.list("alice", session_id="chat-1")] == [b.run_id, a.run_id]
+
+
+async def test_a_session_belongs_to_its_first_owner(runs: Runs) -> None:
+    await runs.create(owner="alice", tool="story", input={}, session_id="mine")
+    with pytest.raises(NotFound):
+        await runs.create(owner="mallory", tool="story", input={}, session_id="mine")
+
+
+async def test_a_run_is_claimed_by_one_worker_and_lost_workers_cannot_write(
+    runs: Runs,
+) -> None:
+    run, _ = await runs.create(owner="alice", tool="story", input={})
+    claims = await asyncio.gather(
+        *(runs.start(run, worker=f"w{i}", lease_until=time.time() + 30) for i in range(5))
+    )
+    holders = [c for c in claims if c is not None]
+    assert len(holders) == 1 and holders[0].status == RunStatus.RUNNING
+    holder = holders[0]
+    loser = next(f"w{i}" for i in range(5) if f"w{i}" != holder.worker)
+
+    with pytest.raises(AppendRefused):
+        await runs.emit(holder, "output.message.delta", {"delta": "x"}, worker=loser)
+    assert await runs.refresh_lease(holder, worker=loser, lease_until=time.time() + 60) is None
+    assert holder.worker is not None
+    refreshed = await runs.refresh_lease(holder, worker=holder.worker, lease_until=time.time() + 60)
+    assert refreshed is not None
+
+    await runs.retry(holder, "worker_lost", expect={"worker": holder.worker})
+    again = await runs.get(run.run_id)
+    assert (again.status, again.attempt) == (RunStatus.QUEUED, 2)
+    with pytest.raises(AppendRefused):  # the old holder's attempt is over
+        await runs.emit(holder, "output.message.delta", {"delta": "zombie"}, worker=holder.worker)
+    assert await runs.start(holder, worker="w9", lease_until=time.time() + 30) is None
+    assert await runs.start(again, worker="w9", lease_until=time.time() + 30) is not None
+
+
+async def test_delegation_waits_then_resumes_and_cancel_is_idempotent(runs: Runs) -> None:
+    run = await started(runs)
+    await runs.delegate(run, {"operation_id": "op-1"}, worker="w1")
+    waiting = await runs.get(run.run_id)
+    assert (waiting.status, waiting.worker) == (RunStatus.WAITING, None)
+    await runs.resume(waiting, {"operation_id": "op-1", "success": True}, worker="c1")
+    assert (await runs.get(run.run_id)).status == RunStatus.RUNNING
+
+    cancelled = await runs.cancel(await runs.get(run.run_id))
+    assert cancelled.status == RunStatus.CANCELLED and cancelled.cancel_requested
+    again = await runs.cancel(cancelled)
+    assert again.last_event_id == cancelled.last_event_id
+
+
+async def test_unknown_run_is_not_found(runs: Runs) -> None:
+    with pytest.raises(NotFound):
+        await runs.get("run_missing")
+    with pytest.raises(NotFound):
+        await runs.get("../../etc")
+    run, _ = await runs.create(owner="alice", tool="story", input={})
+    with pytest.raises(NotFound):
+        await runs.get(run.run_id, owner="mallory")
+
+
+async def test_transition_rules_are_enforced(runs: Runs, log: EventLog) -> None:
+    run, _ = await runs.create(owner="alice", tool="story", input={})
+    with pytest.raises(AppendRefused):  # output before the run started
+        await runs.emit(run, "output.message.delta", {"delta": "x"})
+    with pytest.raises(AppendRefused):
+        await runs.append(run, "operation.completed", {}, Transition(frozenset({"waiting"})))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+async def test_paging_from_any_cursor_returns_exactly_the_later_events(
+    log: EventLog, data: st.DataObject
+) -> None:
+    topic = f"t{uuid.uuid4().hex}"
+    key = log.keys.topic_log("alice", topic)
+    n = data.draw(st.integers(0, 60), label="events")
+    for i in range(n):
+        await log.append_topic("alice", topic, "custom.x", b'"i":%d}' % i)
+    cursor = data.draw(st.integers(0, n + 3), label="cursor")
+    limit = data.draw(st.integers(1, 70), label="limit")
+
+    page = await log.read(key, cursor, limit)
+    assert [e.id for e in page.events] == list(range(cursor + 1, min(cursor + limit, n) + 1))
+    assert page.last_id == n and page.first_id == (1 if n else 0)
+
+    got: list[int] = []
+    cursor = 0
+    while True:
+        size = data.draw(st.integers(1, 25), label="page size")
+        batch = await log.read(key, cursor, size)
+        got += [e.id for e in batch.events]
+        if not batch.events:
+            break
+        cursor = batch.events[-1].id
+    assert got == list(range(1, n + 1))
