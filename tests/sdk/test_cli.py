@@ -1,0 +1,86 @@
+"""The CLI's own behaviour, without an API: help, config masking, input validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from runrelay.cli import app
+
+COMMANDS = [
+    "run",
+    "tail",
+    "status",
+    "cancel",
+    "api",
+    "worker",
+    "consumer",
+    "generator",
+    "dev",
+    "config",
+]
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    # A developer's .env in the repo must not leak into the settings under test.
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def test_top_level_help_lists_every_command(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(runner: CliRunner, command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+
+
+def test_config_prints_settings_with_secrets_masked(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNRELAY_JWT_SECRET", "hunter2-jwt")
+    monkeypatch.setenv("RUNRELAY_API_TOKENS", "tok-secret:alice")
+    monkeypatch.setenv("RUNRELAY_REDIS_URL", "redis://user:pa55word@redis.example:6379/0")
+    monkeypatch.setenv("RUNRELAY_HEARTBEAT_S", "5")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0, result.output
+    assert "RUNRELAY_HEARTBEAT_S=5.0" in result.output
+    assert "RUNRELAY_JWT_SECRET=********" in result.output
+    assert "RUNRELAY_REDIS_URL=redis://********@redis.example:6379/0" in result.output
+    for secret in ("hunter2-jwt", "tok-secret", "pa55word"):
+        assert secret not in result.output
+
+
+def test_a_bad_setting_exits_2_naming_the_variable(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNRELAY_STREAM_TTL_S", "0")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert "RUNRELAY_STREAM_TTL_S" in result.output
+
+
+@pytest.mark.parametrize("bad", ["{not json", "[1, 2]", '"text"'])
+def test_bad_input_json_exits_2_naming_the_option(runner: CliRunner, bad: str) -> None:
+    # Port 9 (discard) is never contacted: the input is rejected first.
+    result = runner.invoke(app, ["run", "story", "--input", bad, "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "--input" in result.output
+
+
+def test_a_bad_port_env_exits_2_naming_port(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORT", "eighty")
+    result = runner.invoke(app, ["dev"])
+    assert result.exit_code == 2
+    assert "PORT" in result.output
