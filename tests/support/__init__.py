@@ -1,0 +1,1 @@
+"""Shared test infrastructure: real servers, fault injection, waiting with deadlines."""
