@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -90,11 +91,18 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if name in _SECRET_FIELDS and value is not None:
                 value = "********"
-            elif name.endswith("_url") and isinstance(value, str) and "@" in value:
-                scheme, _, rest = value.partition("://")
-                value = f"{scheme}://********@{rest.rpartition('@')[2]}"
+            elif name.endswith("_url") and isinstance(value, str):
+                value = _mask_url(value)
             out[f"RUNRELAY_{name.upper()}"] = value
         return out
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:********@{host}"))
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -129,9 +129,15 @@ def test_masked_hides_passwords_in_urls_but_keeps_the_host() -> None:
 
     assert "r3dis-pw" not in repr(masked)
     assert "amqp-pw" not in repr(masked)
-    assert masked["RUNRELAY_REDIS_URL"] == "redis://********@redis.internal:6379/0"
-    assert masked["RUNRELAY_AMQP_URL"] == "amqp://********@rabbit.internal:5672/prod"
+    assert masked["RUNRELAY_REDIS_URL"] == "redis://:********@redis.internal:6379/0"
+    assert masked["RUNRELAY_AMQP_URL"] == "amqp://app:********@rabbit.internal:5672/prod"
     assert masked["RUNRELAY_LLM_BASE_URL"] == "https://api.example.com/v1"
+
+
+def test_masked_leaves_an_at_sign_outside_the_credentials_alone() -> None:
+    masked = load(generator_url="http://gen.internal/cb?email=a@b").masked()
+
+    assert masked["RUNRELAY_GENERATOR_URL"] == "http://gen.internal/cb?email=a@b"
 
 
 def test_masked_names_every_setting_by_its_variable() -> None:
