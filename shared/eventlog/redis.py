@@ -66,6 +66,7 @@ class RedisEventLog:
         ttl_s: int,
         max_events: int,
         max_connections: int = 8,
+        client_name: str | None = None,
     ) -> None:
         self.keys = Keys(prefix)
         self._url = url
@@ -78,6 +79,7 @@ class RedisEventLog:
                 timeout=_COMMAND_TIMEOUT_S,
                 socket_timeout=_COMMAND_TIMEOUT_S,
                 socket_connect_timeout=_COMMAND_TIMEOUT_S,
+                client_name=client_name,
             )
         )
         self._blocking = aioredis.Redis(
@@ -87,6 +89,7 @@ class RedisEventLog:
                 timeout=None,
                 socket_timeout=None,
                 socket_connect_timeout=_COMMAND_TIMEOUT_S,
+                client_name=client_name,
             )
         )
         self._create = self._redis.register_script(scripts.CREATE)
@@ -288,7 +291,9 @@ class RedisEventLog:
         return {key.decode(): _events(entries) for key, entries in reply or []}
 
     async def wake(self, wake_key: str) -> None:
-        await self._call(self._redis.xadd(wake_key, {"w": 1}, maxlen=1))
+        # Ids 0-1, 0-2, ...: like a log's, so a reader's integer cursor passes each wake once
+        # (an auto id would always be past "0-N" and make every wait return at once).
+        await self._call(self._redis.xadd(wake_key, {"w": 1}, id="0-*", maxlen=1))
         await self._call(self._redis.expire(wake_key, 3600))
 
     # Topics -------------------------------------------------------------------------

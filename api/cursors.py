@@ -1,0 +1,36 @@
+"""Where a resumed stream starts: `Last-Event-ID`, or `?after=` and its aliases."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from shared.errors import BadCursor
+
+_QUERY_NAMES = ("after", "since_id", "last_event_id")
+
+
+def requested_cursor(request: Request) -> int:
+    """The client's cursor, 0 when none; `BadCursor` unless a non-negative integer.
+
+    The header wins over the query: an EventSource reconnecting to its original URL
+    (which may carry ``?after=``) sends its newer position in ``Last-Event-ID``.
+    """
+    raw = request.headers.get("last-event-id")
+    name = "Last-Event-ID"
+    if raw is None:
+        for query_name in _QUERY_NAMES:
+            if query_name in request.query_params:
+                raw, name = request.query_params[query_name], query_name
+                break
+    if raw is None:
+        return 0
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise BadCursor(f"{name} must be a non-negative integer event id, got {raw!r}", name)
+    return int(text)
+
+
+def check_cursor(cursor: int, last_id: int, name: str = "cursor") -> None:
+    """A cursor past the newest event was never handed out: reject it."""
+    if cursor > last_id:
+        raise BadCursor(f"{name} {cursor} is past the last event id {last_id}", name)

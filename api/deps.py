@@ -1,0 +1,37 @@
+"""What route handlers receive from the app: the runtime, the hub, the caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api.auth import Authenticator
+from api.streams import StreamSlots
+from api.tail import TailHub
+from shared.runtime import Runtime
+
+
+@dataclass
+class ApiState:
+    """Process-wide state of one app, at ``app.state.api``."""
+
+    runtime: Runtime
+    hub: TailHub
+    auth: Authenticator
+    slots: StreamSlots
+
+
+def api_state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.api
+    return state
+
+
+async def caller(request: Request) -> str:
+    """The owner behind the request's credentials (401 otherwise)."""
+    return api_state(request).auth.owner_of(request)
+
+
+State = Annotated[ApiState, Depends(api_state)]
+Owner = Annotated[str, Depends(caller)]

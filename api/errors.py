@@ -1,0 +1,28 @@
+"""HTTP-only errors of the API process; everything else comes from `shared.errors`.
+
+They extend the one root (`RunRelayError`) so the same handler renders them:
+
+RunRelayError
+├── Unauthorized       401: no or bad credentials
+├── PayloadTooLarge    413: body over RUNRELAY_MAX_BODY_BYTES
+└── TooManyStreams     429: the owner has RUNRELAY_MAX_STREAMS_PER_OWNER streams open
+"""
+
+from __future__ import annotations
+
+from shared.errors import RunRelayError
+
+
+class Unauthorized(RunRelayError):
+    code = "unauthorized"
+    status = 401
+
+
+class PayloadTooLarge(RunRelayError):
+    code = "payload_too_large"
+    status = 413
+
+
+class TooManyStreams(RunRelayError):
+    code = "too_many_streams"
+    status = 429

@@ -1,0 +1,133 @@
+"""ASGI middleware: bounded request bodies (413) and an access log that redacts tokens."""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("runrelay.api.access")
+
+_REDACTED = "REDACTED"
+
+
+def _error_body(status: int, code: str, message: str) -> tuple[int, bytes]:
+    return status, orjson.dumps({"error": {"code": code, "message": message}})
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes: by Content-Length up front, else by counting.
+
+    When a streamed body goes over, the app is told the client left (so it stops
+    reading) and whatever it answers is replaced by the 413.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body larger than {self.limit} bytes (RUNRELAY_MAX_BODY_BYTES)"
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.limit:
+                    await _send_json(send, *_error_body(413, "payload_too_large", message))
+                    return
+        seen = 0
+        over = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return msg
+
+        async def guarded_send(msg: Message) -> None:
+            nonlocal started
+            if over:
+                return  # the 413 goes out instead
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await _send_json(send, *_error_body(413, "payload_too_large", message))
+
+
+def redacted_query(query: bytes) -> str:
+    """The query string with any ``access_token`` value replaced: tokens never reach logs."""
+    if not query:
+        return ""
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    return urlencode([(k, _REDACTED if k == "access_token" else v) for k, v in pairs])
+
+
+class AccessLog:
+    """One line per request: method, path, redacted query, status, duration."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def record_send(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, record_send)
+        finally:
+            query = redacted_query(scope.get("query_string", b""))
+            path = scope["path"] + (f"?{query}" if query else "")
+            client = scope.get("client")
+            access_log.info(
+                '%s "%s %s" %d %.1fms',
+                f"{client[0]}:{client[1]}" if client else "-",
+                scope["method"],
+                path,
+                status,
+                (time.perf_counter() - started) * 1000,
+            )

@@ -1,0 +1,162 @@
+"""Runs: create (and optionally stream), read, list, cancel, and their event streams."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from api import metrics
+from api.cursors import check_cursor, requested_cursor
+from api.deps import ApiState, Owner, State
+from api.responses import JSONResponse
+from api.streams import EventStreamResponse, event_stream
+from shared.errors import AppendRefused, BackendUnavailable, PublishFailed
+from shared.models import RunRecord, RunRequestMessage, RunStatus
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+TOOL_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+_JSON_PAGE_DEFAULT = 100
+
+
+class CreateRun(BaseModel):
+    """Body of ``POST /v1/runs``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tool: Annotated[str, Field(pattern=TOOL_PATTERN, description="registered tool name")]
+    input: dict[str, Any] = Field(default_factory=dict, description="the tool's input object")
+    session_id: str | None = Field(default=None, description="join an existing session")
+    stream: bool = Field(default=False, description="answer with the run's SSE stream")
+
+
+def events_url(run_id: str) -> str:
+    return f"/v1/runs/{run_id}/events"
+
+
+def _run_stream(state: ApiState, owner: str, run: RunRecord, cursor: int) -> Response:
+    release = state.slots.acquire(owner)
+    runtime = state.runtime
+    key = runtime.log.keys.run_log(run.session_id, run.run_id)
+    body = event_stream(runtime.log, state.hub, runtime.settings, key, cursor, until_terminal=True)
+    return EventStreamResponse(body, on_close=release)
+
+
+@router.post("", status_code=202)
+async def create_run(
+    body: CreateRun,
+    state: State,
+    owner: Owner,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    """Record the run and publish its request; answer once the broker confirmed it."""
+    runtime = state.runtime
+    run, created = await runtime.runs.create(
+        owner=owner,
+        tool=body.tool,
+        input=body.input,
+        session_id=body.session_id,
+        idempotency_key=idempotency_key,
+    )
+    if created:
+        metrics.RUNS_CREATED.labels(tool=body.tool).inc()
+        message = RunRequestMessage(run_id=run.run_id, attempt=run.attempt)
+        try:
+            await runtime.broker.publish_run(message.model_dump_json().encode())
+        except (PublishFailed, BackendUnavailable) as exc:
+            # End it now, so a request that did reach the queue finds it over and never runs.
+            with contextlib.suppress(AppendRefused, BackendUnavailable):
+                await runtime.runs.finish(run, RunStatus.FAILED, error=f"publish_failed: {exc}")
+            raise PublishFailed(f"the run could not be queued: {exc}") from exc
+    if body.stream:
+        return _run_stream(state, owner, run, 0)
+    return JSONResponse(
+        {
+            "run_id": run.run_id,
+            "session_id": run.session_id,
+            "status": run.status.value,
+            "events_url": events_url(run.run_id),
+        },
+        status_code=202,
+    )
+
+
+@router.get("")
+async def list_runs(
+    state: State,
+    owner: Owner,
+    session_id: str | None = None,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> dict[str, Any]:
+    """The caller's runs, newest first."""
+    found = await state.runtime.runs.list(owner, session_id=session_id, status=status, limit=limit)
+    return {"runs": [run.public() for run in found]}
+
+
+@router.get("/{run_id}")
+async def get_run(run_id: str, state: State, owner: Owner) -> dict[str, Any]:
+    run = await state.runtime.runs.get(run_id, owner)
+    return run.public()
+
+
+@router.post("/{run_id}/cancel")
+async def cancel_run(run_id: str, state: State, owner: Owner) -> dict[str, Any]:
+    """Idempotent: a run that already ended is returned as it is."""
+    runs = state.runtime.runs
+    run = await runs.cancel(await runs.get(run_id, owner))
+    return run.public()
+
+
+@router.get(
+    "/{run_id}/events",
+    responses={200: {"content": {"text/event-stream": {}, "application/json": {}}}},
+)
+async def run_events(
+    run_id: str,
+    request: Request,
+    state: State,
+    owner: Owner,
+    limit: Annotated[int, Query(ge=1, le=1000)] = _JSON_PAGE_DEFAULT,
+) -> Response:
+    """SSE from the cursor to the terminal event, or a JSON page (``Accept: application/json``)."""
+    run = await state.runtime.runs.get(run_id, owner)
+    cursor = requested_cursor(request)
+    check_cursor(cursor, run.last_event_id)
+    if _wants_json(request):
+        return await _json_page(state, run, cursor, limit)
+    if run.terminal and cursor == run.last_event_id:
+        return Response(status_code=204)  # an EventSource stops reconnecting on 204
+    return _run_stream(state, owner, run, cursor)
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+async def _json_page(state: ApiState, run: RunRecord, cursor: int, limit: int) -> Response:
+    log = state.runtime.log
+    page = await log.read(log.keys.run_log(run.session_id, run.run_id), cursor, limit)
+    next_cursor = page.events[-1].id if page.events else cursor
+    gap = None
+    if page.events and page.events[0].id > cursor + 1:
+        gap = {"from": cursor + 1, "to": page.events[0].id - 1}
+        metrics.GAPS.inc()
+    head = b'{"events":[' + b",".join(e.json for e in page.events) + b"],"
+    # Status comes from the record read before the page: a run that ended in between
+    # shows its old status with has_more, and the next poll sees the end.
+    tail = {
+        "next_cursor": next_cursor,
+        "first_id": page.first_id,
+        "last_id": page.last_id,
+        "status": run.status.value,
+        "has_more": page.last_id > next_cursor,
+        "gap": gap,
+    }
+    return Response(head + orjson.dumps(tail)[1:], media_type="application/json")

@@ -1,0 +1,29 @@
+"""A session's stream: the events of all its runs, with session-local ids."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from api.cursors import check_cursor, requested_cursor
+from api.deps import Owner, State
+from api.streams import EventStreamResponse, event_stream
+from shared.errors import NotFound
+from shared.models import valid_id
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+@router.get("/{session_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+async def session_events(session_id: str, request: Request, state: State, owner: Owner) -> Response:
+    """SSE over every run of the session; it ends only when the connection ages out."""
+    log = state.runtime.log
+    if not valid_id(session_id) or await log.session_owner(session_id) != owner:
+        raise NotFound(f"session {session_id} not found")
+    cursor = requested_cursor(request)
+    key = log.keys.session_log(session_id)
+    if cursor > 0:
+        check_cursor(cursor, (await log.read(key, cursor, 1)).last_id)
+    release = state.slots.acquire(owner)
+    body = event_stream(log, state.hub, state.runtime.settings, key, cursor, until_terminal=False)
+    return EventStreamResponse(body, on_close=release)

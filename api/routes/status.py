@@ -1,0 +1,29 @@
+"""``GET /v1/status``: queue depths, live workers, and the caller's runs by status."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import Owner, State
+
+router = APIRouter(prefix="/v1", tags=["status"])
+
+_RECENT_RUNS = 1000
+
+
+@router.get("/status")
+async def status(state: State, owner: Owner) -> dict[str, Any]:
+    runtime = state.runtime
+    queues = await runtime.broker.stats()
+    workers = await runtime.log.list_workers()
+    recent = await runtime.runs.list(owner, limit=_RECENT_RUNS)
+    return {
+        "queues": [
+            {"name": q.name, "messages": q.messages, "consumers": q.consumers} for q in queues
+        ],
+        "workers": workers,
+        "runs_by_status": dict(Counter(run.status.value for run in recent)),
+    }

@@ -1,0 +1,301 @@
+"""The resumable stream: replay after a cursor, then live frames from the hub, to the end.
+
+    body = event_stream(log, hub, settings, key, cursor, until_terminal=True)
+    return EventStreamResponse(body, on_close=slot.release)
+
+Order of a response: ``retry:``; a ``stream.gap`` frame if the cursor is older than
+what the log keeps; replay pages; live frames; ``: ping`` after ``heartbeat_s`` of
+silence (never moving the cursor); the end after the terminal event, or at an event
+boundary once the connection is older than ``max_connection_s``.
+
+The cursor is the only state that matters. Frames at or below it are skipped; a
+frame past ``cursor + 1`` means something was missed (the subscriber overflowed or
+joined a follow that was ahead), so the hole is read from the log first. Hence no
+loss and no repeat, whatever the hub does. Dialects reuse all of this with their
+own `StreamFormat` (a framer from `StoredEvent` to bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+from starlette.responses import StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from api import metrics, sse
+from api.errors import TooManyStreams
+from api.tail import Frame, Subscription, TailHub
+from shared.errors import BackendUnavailable
+from shared.eventlog.base import EventLog
+from shared.models import TERMINAL_EVENTS, StoredEvent
+from shared.settings import Settings
+
+PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFormat:
+    """How events become bytes. ``framer=None`` is the native format (the hub's bytes)."""
+
+    framer: Callable[[StoredEvent], bytes] | None = None
+    gap: Callable[[int, int], bytes] = sse.gap
+    error: Callable[[str, str], bytes] = sse.error
+    heartbeat: bytes = sse.PING
+    media_type: str = sse.EVENT_STREAM
+
+    def replayed(self, event: StoredEvent) -> bytes:
+        if self.framer is not None:
+            return self.framer(event)
+        return sse.frame(event.id, event.type, event.json)
+
+    def live(self, frame: Frame) -> bytes:
+        return frame.data if self.framer is None else self.framer(frame.event)
+
+
+NATIVE = StreamFormat()
+
+
+class _Stream:
+    def __init__(
+        self,
+        log: EventLog,
+        hub: TailHub,
+        settings: Settings,
+        key: str,
+        cursor: int,
+        until_terminal: bool,
+        fmt: StreamFormat,
+    ) -> None:
+        self.log = log
+        self.hub = hub
+        self.key = key
+        self.cursor = cursor
+        self.until_terminal = until_terminal
+        self.fmt = fmt
+        self.heartbeat_s = settings.heartbeat_s
+        self.retry_ms = settings.retry_ms
+        self.loop = asyncio.get_running_loop()
+        self.deadline = self.loop.time() + settings.max_connection_s
+        self.last_sent = self.loop.time()
+        self.done = False
+
+    def aged(self) -> bool:
+        return self.loop.time() >= self.deadline
+
+    async def read_into(self, parts: list[bytes], upto: int | None = None) -> bool:
+        """Append one page of frames after the cursor (up to `upto`); True once caught up."""
+        limit = PAGE if upto is None else min(PAGE, upto - self.cursor)
+        if limit <= 0:
+            return True
+        page = await self.log.read(self.key, self.cursor, limit)
+        events = page.events if upto is None else [e for e in page.events if e.id <= upto]
+        if upto is not None and not events:
+            # The rest of the hole is gone from the log: say so, and the live frame follows.
+            self.report_gap(parts, upto)
+            self.cursor = upto
+            return True
+        if events and events[0].id > self.cursor + 1:
+            self.report_gap(parts, events[0].id - 1)
+        sent = 0
+        for event in events:
+            parts.append(self.fmt.replayed(event))
+            sent += 1
+            self.cursor = event.id
+            if self.until_terminal and event.type in TERMINAL_EVENTS:
+                self.done = True
+                break
+        metrics.EVENTS_SENT.inc(sent)
+        caught_up = upto is not None and self.cursor >= upto
+        return caught_up or self.done or len(page.events) < limit
+
+    def report_gap(self, parts: list[bytes], last_missing: int) -> None:
+        parts.append(self.fmt.gap(self.cursor + 1, last_missing))
+        metrics.GAPS.inc()
+
+    async def replay(self) -> AsyncIterator[bytes]:
+        """Pages from the log until caught up (or ended, or aged out at a boundary)."""
+        while True:
+            parts: list[bytes] = []
+            caught_up = await self.read_into(parts)
+            if parts:
+                self.last_sent = self.loop.time()
+                yield b"".join(parts)
+            if caught_up or self.done or self.aged():
+                return
+
+    async def run(self) -> AsyncIterator[bytes]:
+        metrics.OPEN_STREAMS.inc()
+        try:
+            yield sse.retry(self.retry_ms)
+            if self.cursor > 0:
+                metrics.RESUMES.inc()
+            async for chunk in self.replay():
+                yield chunk
+            if self.done or self.aged():
+                return
+            async for chunk in self.follow():
+                yield chunk
+        except BackendUnavailable as exc:
+            yield self.fmt.error("backend_unavailable", str(exc))
+        finally:
+            metrics.OPEN_STREAMS.dec()
+
+    async def follow(self) -> AsyncIterator[bytes]:
+        sub = await self.hub.subscribe(self.key, self.cursor, until_terminal=self.until_terminal)
+        try:
+            while True:
+                if sub.overflowed:
+                    # Too slow for the live pace: read the log at our own pace, then rejoin.
+                    metrics.SLOW_CLIENT_FALLBACKS.inc()
+                    self.hub.unsubscribe(sub)
+                    async for chunk in self.replay():
+                        yield chunk
+                    if self.done or self.aged():
+                        return
+                    sub = await self.hub.subscribe(
+                        self.key, self.cursor, until_terminal=self.until_terminal
+                    )
+                    continue
+                if not sub.frames:
+                    if sub.error is not None:
+                        yield self.fmt.error("backend_unavailable", str(sub.error))
+                        return
+                    if sub.closed or self.aged():
+                        return
+                    quiet = await self.idle(sub)
+                    if quiet:
+                        self.last_sent = self.loop.time()
+                        yield self.fmt.heartbeat
+                    continue
+                chunk = await self.live(sub.take())
+                if chunk:
+                    self.last_sent = self.loop.time()
+                    yield chunk
+                if self.done or self.aged():
+                    return
+        finally:
+            self.hub.unsubscribe(sub)
+
+    async def idle(self, sub: Subscription) -> bool:
+        """Wait for frames; True when a heartbeat is due instead."""
+        now = self.loop.time()
+        due = self.last_sent + self.heartbeat_s
+        wait_s = min(due, self.deadline) - now
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await sub.ready.wait()
+            if sub.ready.is_set():
+                return False
+        return self.loop.time() >= due and not self.aged()
+
+    async def live(self, frames: list[Frame]) -> bytes:
+        # Everything queued goes out as one chunk: one write for a burst.
+        parts: list[bytes] = []
+        sent = 0
+        for frame in frames:
+            event_id = frame.event.id
+            if event_id <= self.cursor:
+                continue
+            while event_id > self.cursor + 1 and not self.done:
+                if await self.read_into(parts, upto=event_id - 1):
+                    break
+            if self.done:
+                break
+            parts.append(self.fmt.live(frame))
+            sent += 1
+            self.cursor = event_id
+            if self.until_terminal and frame.event.type in TERMINAL_EVENTS:
+                self.done = True
+                break
+        metrics.EVENTS_SENT.inc(sent)
+        return b"".join(parts)
+
+
+def event_stream(
+    log: EventLog,
+    hub: TailHub,
+    settings: Settings,
+    key: str,
+    cursor: int,
+    *,
+    until_terminal: bool,
+    fmt: StreamFormat = NATIVE,
+) -> AsyncIterator[bytes]:
+    """The bytes of one SSE response over log `key` from `cursor` (see the module doc)."""
+    return _Stream(log, hub, settings, key, cursor, until_terminal, fmt).run()
+
+
+class StreamSlots:
+    """Open streams per owner, bounded by ``max_streams_per_owner`` (429 beyond)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._open: dict[str, int] = {}
+
+    def acquire(self, owner: str) -> Callable[[], None]:
+        """Take a slot; returns the function that gives it back (call it exactly once)."""
+        count = self._open.get(owner, 0)
+        if count >= self._limit:
+            raise TooManyStreams(f"at most {self._limit} open streams per caller")
+        self._open[owner] = count + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            left = self._open.get(owner, 1) - 1
+            if left > 0:
+                self._open[owner] = left
+            else:
+                self._open.pop(owner, None)
+
+        return release
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streaming response that stops at once when the client goes away and then calls
+    `on_close` (a stream slot's release), even if the body never started."""
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        on_close: Callable[[], None],
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str = sse.EVENT_STREAM,
+    ) -> None:
+        merged = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})}
+        super().__init__(body, status_code=status_code, headers=merged, media_type=media_type)
+        self._body = body
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = asyncio.create_task(self._pump(send))
+        watch = asyncio.create_task(_disconnected(receive))
+        try:
+            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, watch):
+                task.cancel()
+            await asyncio.gather(pump, watch, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._body.aclose()  # type: ignore[attr-defined]
+            self._on_close()
+
+    async def _pump(self, send: Send) -> None:
+        with contextlib.suppress(OSError):  # the client went away mid-write
+            await self.stream_response(send)
+
+
+async def _disconnected(receive: Receive) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,229 @@
+"""The live tail: one reader per API process fans each new event out to every local subscriber.
+
+    hub = TailHub(log, buffer=settings.subscriber_buffer); hub.start()
+    sub = await hub.subscribe(key, cursor, until_terminal=True)
+    ... frames = sub.take() ...  # see api.streams for the consumer side
+    hub.unsubscribe(sub); await hub.close()
+
+One task calls `EventLog.wait` with the cursor of every followed log plus a
+private wake key; a log followed for the first time wakes that read so it is
+re-issued with the new key. So the process holds one blocking Redis connection
+however many clients follow however many runs.
+
+Each event's SSE frame is built once and the same bytes object is handed to
+every subscriber of that log. Pushing never blocks: a subscriber whose bounded
+buffer would overflow is detached and told so; it then reads the log from its own
+cursor and re-subscribes (see `api.streams`). The hub's cursor per log is only a
+read position — correctness lives in each subscriber, which skips frames at or
+below its cursor and fills any hole from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from typing import NamedTuple
+
+from api import sse
+from shared.errors import BackendUnavailable
+from shared.eventlog.base import EventLog
+from shared.models import TERMINAL_EVENTS, StoredEvent
+
+log = logging.getLogger(__name__)
+
+# redis-py's blocking reads must stay well inside any socket timeout, and a short block
+# bounds how stale a missed wake-up can make a newly followed log.
+BLOCK_S = 1.0
+BATCH = 500
+_BACKOFF_FIRST_S = 0.1
+_BACKOFF_MAX_S = 5.0
+
+
+class Frame(NamedTuple):
+    """A stored event and its native SSE frame, built once for all subscribers."""
+
+    event: StoredEvent
+    data: bytes
+
+
+class Subscription:
+    """One stream's mailbox at the hub. Only the hub pushes; only its stream takes."""
+
+    __slots__ = ("_capacity", "closed", "error", "frames", "key", "overflowed", "ready")
+
+    def __init__(self, key: str, capacity: int) -> None:
+        self.key = key
+        self.frames: deque[Frame] = deque()
+        self.ready = asyncio.Event()
+        self.overflowed = False  # detached by the hub: read the log, then subscribe again
+        self.closed = False  # the hub is shutting down: finish what is queued, then end
+        self.error: BackendUnavailable | None = None
+        self._capacity = capacity
+
+    def push(self, frames: list[Frame]) -> bool:
+        """Queue frames; False (and detached) when the buffer would overflow."""
+        if len(self.frames) + len(frames) > self._capacity:
+            self.overflowed = True
+            self.frames.clear()  # the log has them; the stream re-reads from its cursor
+            self.ready.set()
+            return False
+        self.frames.extend(frames)
+        self.ready.set()
+        return True
+
+    def take(self) -> list[Frame]:
+        frames = list(self.frames)
+        self.frames.clear()
+        self.ready.clear()
+        return frames
+
+    def end(self, error: BackendUnavailable | None = None) -> None:
+        self.closed = True
+        self.error = error
+        self.ready.set()
+
+
+class _Follow:
+    __slots__ = ("cursor", "subscribers", "until_terminal")
+
+    def __init__(self, cursor: int, until_terminal: bool) -> None:
+        self.cursor = cursor
+        self.until_terminal = until_terminal
+        self.subscribers: set[Subscription] = set()
+
+
+class TailHub:
+    """The process-wide live reader; `start()` in the app's lifespan, `close()` at the end."""
+
+    def __init__(
+        self, log: EventLog, *, buffer: int, block_s: float = BLOCK_S, batch: int = BATCH
+    ) -> None:
+        self._log = log
+        self._buffer = buffer
+        self._block_s = min(block_s, BLOCK_S)
+        self._batch = batch
+        self._wake_key = log.keys.wakeup(uuid.uuid4().hex)
+        self._wake_cursor = 0
+        self._follows: dict[str, _Follow] = {}
+        self._work = asyncio.Event()
+        self._in_wait = False
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def followed(self) -> int:
+        """How many logs the reader follows now."""
+        return len(self._follows)
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(f.subscribers) for f in self._follows.values())
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="runrelay tail hub")
+
+    def drain(self) -> None:
+        """End every stream at its next event boundary (shutdown: clients reconnect elsewhere)."""
+        self._closing = True
+        for follow in self._follows.values():
+            for sub in follow.subscribers:
+                sub.end()
+        self._follows.clear()
+        self._work.set()
+
+    async def close(self) -> None:
+        self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def subscribe(self, key: str, cursor: int, *, until_terminal: bool) -> Subscription:
+        """Receive frames of `key` appended after the hub's read position (≈ `cursor`)."""
+        sub = Subscription(key, self._buffer)
+        if self._closing:
+            sub.end()
+            return sub
+        follow = self._follows.get(key)
+        new = follow is None
+        if follow is None:
+            follow = self._follows[key] = _Follow(cursor, until_terminal)
+        follow.subscribers.add(sub)
+        self._work.set()
+        if new and self._in_wait:
+            # The running read does not include this key: make it return and re-issue.
+            with contextlib.suppress(BackendUnavailable):
+                await self._log.wake(self._wake_key)  # if not, it returns within BLOCK_S
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        follow = self._follows.get(sub.key)
+        if follow is not None and sub in follow.subscribers:
+            follow.subscribers.remove(sub)
+            if not follow.subscribers:
+                del self._follows[sub.key]
+
+    async def _run(self) -> None:
+        backoff = _BACKOFF_FIRST_S
+        while not self._closing:
+            if not self._follows:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            cursors = {key: follow.cursor for key, follow in self._follows.items()}
+            cursors[self._wake_key] = self._wake_cursor
+            self._in_wait = True
+            try:
+                found = await self._log.wait(cursors, self._block_s, self._batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Streams end with an error frame instead of hanging; clients reconnect.
+                log.warning("tail read failed; ending %d streams: %s", self.subscribers, exc)
+                if not isinstance(exc, BackendUnavailable):
+                    exc = BackendUnavailable(f"event log read failed: {exc}")
+                self._fail(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            finally:
+                self._in_wait = False
+            backoff = _BACKOFF_FIRST_S
+            for key, events in found.items():
+                if key == self._wake_key:
+                    self._wake_cursor = events[-1].id if events else self._wake_cursor
+                    continue
+                follow = self._follows.get(key)
+                if follow is not None:
+                    self._deliver(key, follow, events)
+
+    def _deliver(self, key: str, follow: _Follow, events: list[StoredEvent]) -> None:
+        frames: list[Frame] = []
+        ended = False
+        for event in events:
+            if event.id <= follow.cursor:
+                continue
+            frames.append(Frame(event, sse.frame(event.id, event.type, event.json)))
+            follow.cursor = event.id
+            if follow.until_terminal and event.type in TERMINAL_EVENTS:
+                ended = True
+                break
+        if not frames:
+            return
+        dropped = [sub for sub in follow.subscribers if not sub.push(frames)]
+        for sub in dropped:
+            follow.subscribers.discard(sub)
+        if ended or not follow.subscribers:
+            # Nothing follows a terminal event; subscribers end on the frame they just got.
+            self._follows.pop(key, None)
+
+    def _fail(self, error: BackendUnavailable) -> None:
+        for follow in self._follows.values():
+            for sub in follow.subscribers:
+                sub.end(error)
+        self._follows.clear()
