@@ -1,0 +1,454 @@
+"""The RabbitMQ broker (aio-pika): SPEC §6 topology, confirmed persistent publishes.
+
+    broker = RabbitBroker("amqp://guest:guest@127.0.0.1:5672/")
+    await broker.connect()
+    consumer = await broker.consume_runs(handler, prefetch=4)
+    ...
+    await consumer.stop()
+    await broker.close()
+
+The connection is robust: when RabbitMQ goes away, aio-pika reconnects (waiting
+longer the longer the broker stays away), re-declares the topology and resumes
+the consumers. Publishing while disconnected raises `PublishFailed` at once.
+
+A `Retry` is an ack plus a confirmed re-publish into `runrelay.retry.<queue>`,
+a consumer-less queue whose per-message TTL dead-letters the message back to
+its source after the delay, so a waiting retry holds no prefetch slot. Like any
+per-message TTL, a message expires only at the head of its retry queue: a long
+delay ahead of a short one holds the short one back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from aio_pika.robust_connection import RobustConnection
+
+from shared.broker.base import (
+    COMPLETIONS_EXCHANGE,
+    COMPLETIONS_QUEUE,
+    COMPLETIONS_ROUTING_KEY,
+    DEAD_EXCHANGE,
+    DEAD_QUEUE,
+    RUNS_EXCHANGE,
+    RUNS_QUEUE,
+    RUNS_ROUTING_KEY,
+    Ack,
+    DeadLetter,
+    Delivery,
+    Handler,
+    Outcome,
+    QueueStats,
+    Reject,
+    Retry,
+)
+from shared.errors import BackendUnavailable, PublishFailed
+
+log = logging.getLogger(__name__)
+
+DELIVERIES_HEADER = "x-runrelay-deliveries"
+REASON_HEADER = "x-runrelay-reason"
+SOURCE_HEADER = "x-runrelay-source"
+# Headers the broker adds on its own; a re-published message must start afresh.
+_BROKER_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-delivery-count",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+    }
+)
+
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a source queue's messages are published, and where its retries wait."""
+
+    queue: str
+    exchange: str
+    routing_key: str
+    arguments: dict[str, Any]
+
+    @property
+    def retry_queue(self) -> str:
+        return f"runrelay.retry.{self.queue}"
+
+
+class _BackoffConnection(RobustConnection):
+    """A robust connection whose pause between attempts grows while the broker is away."""
+
+    _base_interval: float = RECONNECT_FIRST_S
+    _down_since: float | None = None
+
+    @property
+    def reconnect_interval(self) -> float:
+        if self._down_since is None:
+            return self._base_interval
+        waited = time.monotonic() - self._down_since
+        return min(RECONNECT_MAX_S, max(self._base_interval, waited / 2))
+
+    @reconnect_interval.setter
+    def reconnect_interval(self, value: float) -> None:
+        self._base_interval = float(value)
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        if self._down_since is None and not self._close_called:
+            self._down_since = time.monotonic()
+        await super()._on_connection_close(closing)
+
+    async def _on_connected(self) -> None:
+        await super()._on_connected()
+        self._down_since = None
+
+
+def outgoing_message(
+    body: bytes,
+    headers: dict[str, Any] | None = None,
+    expiration_s: float | None = None,
+) -> aio_pika.Message:
+    """Every message this broker publishes: persistent, so it survives a broker restart."""
+    return aio_pika.Message(
+        body,
+        headers=headers or {},
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        expiration=None if expiration_s is None else max(0.0, expiration_s),
+    )
+
+
+def deliveries_of(message: AbstractIncomingMessage) -> int:
+    """1 on first delivery; our retries count via our header, broker redeliveries via its own."""
+    headers = message.headers or {}
+    ours = headers.get(DELIVERIES_HEADER)
+    count = ours if isinstance(ours, int) and ours >= 1 else 1
+    # Quorum queues count returns (consumer crash, channel closed); classic ones only flag them.
+    returned = headers.get("x-delivery-count")
+    if isinstance(returned, int):
+        return count + returned
+    return count + (1 if message.redelivered else 0)
+
+
+def _masked(url: str) -> str:
+    parts = urlsplit(url)
+    vhost = parts.path.lstrip("/") or "/"
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5672} (vhost {vhost})"
+
+
+class RabbitBroker:
+    """The `Broker` on RabbitMQ. `name` is the connection name operators see in RabbitMQ."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_deliveries: int = 5,
+        name: str = "runrelay",
+        publish_timeout_s: float = 10.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.max_deliveries = max_deliveries
+        self._url = url
+        self._where = _masked(url)
+        self._name = name
+        self._publish_timeout_s = publish_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._runs = _Route(
+            RUNS_QUEUE,
+            RUNS_EXCHANGE,
+            RUNS_ROUTING_KEY,
+            {
+                "x-queue-type": "quorum",
+                # RabbitMQ < 4.0 has no default limit: a message that keeps
+                # crashing consumers would be redelivered forever.
+                "x-delivery-limit": max_deliveries,
+                "x-dead-letter-exchange": DEAD_EXCHANGE,
+            },
+        )
+        # External services may declare it as a classic queue with no arguments.
+        self._completions = _Route(
+            COMPLETIONS_QUEUE, COMPLETIONS_EXCHANGE, COMPLETIONS_ROUTING_KEY, {}
+        )
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractRobustChannel | None = None
+        self._admin: AbstractRobustChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._dead_queue: AbstractQueue | None = None
+        self._consumers: set[_RabbitConsumer] = set()
+
+    async def connect(self) -> None:
+        try:
+            connection = await aio_pika.connect_robust(
+                self._url,
+                connection_class=_BackoffConnection,
+                reconnect_interval=RECONNECT_FIRST_S,
+                client_properties={"connection_name": self._name},
+                timeout=self._connect_timeout_s,
+            )
+        except Exception as exc:  # every failure here means the same thing to the caller
+            raise BackendUnavailable(
+                f"RabbitMQ unreachable at {self._where}: {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            self._publisher = await connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self._admin = await connection.channel(publisher_confirms=False)
+            await self._declare(self._publisher, self._admin)
+        except Exception as exc:
+            await connection.close()
+            raise BackendUnavailable(
+                f"RabbitMQ at {self._where} refused the topology: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._connection = connection
+
+    async def _declare(self, channel: AbstractRobustChannel, admin: AbstractRobustChannel) -> None:
+        dead = await channel.declare_exchange(
+            DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead_queue = await channel.declare_queue(DEAD_QUEUE, durable=True)
+        await dead_queue.bind(dead)
+        self._exchanges[DEAD_EXCHANGE] = dead
+        for route in (self._runs, self._completions):
+            exchange = await channel.declare_exchange(
+                route.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+            queue = await channel.declare_queue(
+                route.queue, durable=True, arguments=route.arguments
+            )
+            await queue.bind(exchange, route.routing_key)
+            await channel.declare_queue(
+                route.retry_queue,
+                durable=True,
+                arguments={
+                    "x-dead-letter-exchange": route.exchange,
+                    "x-dead-letter-routing-key": route.routing_key,
+                },
+            )
+            self._exchanges[route.exchange] = exchange
+        self._exchanges[""] = channel.default_exchange
+        self._dead_queue = await admin.declare_queue(DEAD_QUEUE, durable=True)
+
+    async def close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.stop()
+        if self._connection is not None:
+            await self._connection.close()
+        self._connection = None
+        self._publisher = self._admin = self._dead_queue = None
+        self._exchanges.clear()
+
+    def _connected(self) -> bool:
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
+
+    async def ping(self) -> None:
+        if not self._connected():
+            raise BackendUnavailable(f"not connected to RabbitMQ at {self._where}")
+
+    async def publish_run(self, body: bytes) -> None:
+        await self._publish(RUNS_EXCHANGE, RUNS_ROUTING_KEY, body)
+
+    async def publish_completion(self, body: bytes) -> None:
+        await self._publish(COMPLETIONS_EXCHANGE, COMPLETIONS_ROUTING_KEY, body)
+
+    async def _publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: dict[str, Any] | None = None,
+        expiration_s: float | None = None,
+    ) -> None:
+        where = f"{exchange or '(default)'} / {routing_key}"
+        target = self._exchanges.get(exchange)
+        if target is None or not self._connected():
+            raise PublishFailed(f"cannot publish to {where}: not connected to {self._where}")
+        message = outgoing_message(body, headers, expiration_s)
+        try:
+            async with asyncio.timeout(self._publish_timeout_s):
+                await target.publish(message, routing_key, mandatory=True)
+        except TimeoutError as exc:
+            raise PublishFailed(
+                f"publish to {where} not confirmed within {self._publish_timeout_s} s"
+            ) from exc
+        except aio_pika.exceptions.PublishError as exc:
+            raise PublishFailed(f"publish to {where} was unroutable (no queue bound)") from exc
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise PublishFailed(f"RabbitMQ refused (nacked) the publish to {where}") from exc
+        except Exception as exc:  # connection or channel lost mid-publish
+            raise PublishFailed(f"publish to {where} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def consume_runs(self, handler: Handler, prefetch: int) -> _RabbitConsumer:
+        return await self._consume(self._runs, handler, prefetch)
+
+    async def consume_completions(self, handler: Handler, prefetch: int) -> _RabbitConsumer:
+        return await self._consume(self._completions, handler, prefetch)
+
+    async def _consume(self, route: _Route, handler: Handler, prefetch: int) -> _RabbitConsumer:
+        if self._connection is None:
+            raise BackendUnavailable(f"not connected to RabbitMQ at {self._where}")
+        # One channel per consumer: QoS is per channel, and the robust channel
+        # restores the QoS, the queue and the consumer after a reconnect.
+        channel = await self._connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.declare_queue(route.queue, durable=True, arguments=route.arguments)
+        consumer = _RabbitConsumer(self, route, handler, channel, queue)
+        await consumer.start()
+        self._consumers.add(consumer)
+        return consumer
+
+    async def _handle(
+        self, route: _Route, handler: Handler, message: AbstractIncomingMessage
+    ) -> None:
+        delivery = Delivery(
+            body=message.body, deliveries=deliveries_of(message), headers=dict(message.headers)
+        )
+        try:
+            outcome = await handler(delivery)
+        except Exception as exc:
+            log.warning("handler for %s raised; retrying", route.queue, exc_info=True)
+            outcome = Retry(1.0, repr(exc))
+        await self._settle(route, message, delivery, outcome)
+
+    async def _settle(
+        self,
+        route: _Route,
+        message: AbstractIncomingMessage,
+        delivery: Delivery,
+        outcome: Outcome,
+    ) -> None:
+        """The one place where an outcome becomes broker operations."""
+        headers = {k: v for k, v in message.headers.items() if k not in _BROKER_HEADERS}
+        try:
+            match outcome:
+                case Ack():
+                    pass
+                case Reject(reason=reason):
+                    await self._dead_letter(route, message.body, headers, reason)
+                case Retry(reason=reason) if delivery.deliveries >= self.max_deliveries:
+                    await self._dead_letter(
+                        route, message.body, headers, f"max deliveries exceeded: {reason}"
+                    )
+                case Retry(delay_s=delay_s):
+                    headers[DELIVERIES_HEADER] = delivery.deliveries + 1
+                    await self._publish(
+                        "", route.retry_queue, message.body, headers, expiration_s=delay_s
+                    )
+            await message.ack()
+        except PublishFailed:
+            # Not dead-lettered nor scheduled: give it back so it is not lost.
+            log.warning(
+                "could not settle a message from %s; requeueing", route.queue, exc_info=True
+            )
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+        except Exception:
+            # The channel is gone; RabbitMQ redelivers the unacked message.
+            log.warning("could not ack a message from %s", route.queue, exc_info=True)
+
+    async def _dead_letter(
+        self, route: _Route, body: bytes, headers: dict[str, Any], reason: str
+    ) -> None:
+        headers = {**headers, REASON_HEADER: reason, SOURCE_HEADER: route.queue}
+        await self._publish(DEAD_EXCHANGE, route.queue, body, headers)
+
+    def _admin_channel(self) -> AbstractRobustChannel:
+        if self._admin is None or not self._connected():
+            raise BackendUnavailable(f"not connected to RabbitMQ at {self._where}")
+        return self._admin
+
+    async def stats(self) -> list[QueueStats]:
+        channel = await self._admin_channel().get_underlay_channel()
+        result = []
+        try:
+            for name in (RUNS_QUEUE, COMPLETIONS_QUEUE, DEAD_QUEUE):
+                ok = await channel.queue_declare(name, passive=True, timeout=5)
+                result.append(QueueStats(name, ok.message_count or 0, ok.consumer_count or 0))
+        except Exception as exc:
+            raise BackendUnavailable(f"RabbitMQ at {self._where}: stats failed: {exc}") from exc
+        return result
+
+    async def take_dead_letters(self, limit: int) -> list[DeadLetter]:
+        self._admin_channel()
+        queue = self._dead_queue
+        assert queue is not None
+        letters: list[DeadLetter] = []
+        while len(letters) < limit:
+            message = await queue.get(no_ack=False, fail=False, timeout=5)
+            if message is None:
+                break
+            headers = message.headers
+            # Messages the broker dead-lettered itself (quorum delivery limit)
+            # carry x-first-death-* instead of our headers.
+            reason = headers.get(REASON_HEADER, headers.get("x-first-death-reason", "unknown"))
+            source = headers.get(SOURCE_HEADER, headers.get("x-first-death-queue", "unknown"))
+            letters.append(DeadLetter(message.body, _text(reason), _text(source)))
+            await message.ack()
+        return letters
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _RabbitConsumer:
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        route: _Route,
+        handler: Handler,
+        channel: AbstractRobustChannel,
+        queue: AbstractQueue,
+    ) -> None:
+        self._broker = broker
+        self._route = route
+        self._handler = handler
+        self._channel = channel
+        self._queue = queue
+        self._tag: str | None = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping:
+            return  # left unacked: closing the channel in stop() gives it back
+        # Our own task, so that stop() can wait for it and a channel close does not cancel it.
+        task = asyncio.create_task(self._broker._handle(self._route, self._handler, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._channel.close()
+        self._broker._consumers.discard(self)

@@ -1,0 +1,378 @@
+"""The broker contract, told once and run over every backend: memory and real RabbitMQ.
+
+Each RabbitMQ test gets a vhost of its own on the shared broker (deleted after),
+so concurrent test runs never see each other's queues. The reconnect test runs
+a throwaway rabbitmq-server of its own and stops it; the shared one is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from shared.broker.base import (
+    COMPLETIONS_QUEUE,
+    DEAD_QUEUE,
+    RUNS_QUEUE,
+    Ack,
+    Broker,
+    DeadLetter,
+    Delivery,
+    Outcome,
+    QueueStats,
+    Reject,
+    Retry,
+)
+from shared.broker.memory import MemoryBroker
+from shared.broker.rabbitmq import RabbitBroker, outgoing_message
+from shared.errors import BackendUnavailable, PublishFailed
+from tests.support.rabbit_node import DEFAULT_AMQP_URL, rabbit_node, rabbitmqctl, temp_vhost
+from tests.support.wait import wait_for
+
+MAX_DELIVERIES = 3
+
+
+@pytest.fixture
+def vhost_url() -> Iterator[str]:
+    with temp_vhost(os.environ.get("RUNRELAY_TEST_AMQP_URL") or DEFAULT_AMQP_URL) as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "rabbitmq"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    backend: Broker
+    if request.param == "memory":
+        backend = MemoryBroker(max_deliveries=MAX_DELIVERIES)
+    else:
+        backend = RabbitBroker(request.getfixturevalue("vhost_url"), max_deliveries=MAX_DELIVERIES)
+    await backend.connect()
+    yield backend
+    await backend.close()
+
+
+@dataclass
+class Recorder:
+    """A real handler: records what it saw and answers with the outcome `decide` picks."""
+
+    decide: Callable[[Delivery], Outcome] = lambda delivery: Ack()
+    seen: list[Delivery] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    async def __call__(self, delivery: Delivery) -> Outcome:
+        self.seen.append(delivery)
+        self.times.append(asyncio.get_running_loop().time())
+        return self.decide(delivery)
+
+
+async def dead_letters(broker: Broker, count: int) -> list[DeadLetter]:
+    """Wait until `count` dead letters have been taken; return them."""
+    taken: list[DeadLetter] = []
+
+    async def enough() -> bool:
+        taken.extend(await broker.take_dead_letters(10))
+        return len(taken) >= count
+
+    await wait_for(enough, message=f"{count} dead letters")
+    return taken
+
+
+async def stats_of(broker: Broker, name: str) -> QueueStats:
+    return next(s for s in await broker.stats() if s.name == name)
+
+
+async def test_a_published_run_reaches_its_consumer(broker: Broker) -> None:
+    handler = Recorder()
+    consumer = await broker.consume_runs(handler, prefetch=1)
+
+    await broker.publish_run(b'{"run_id": "r1", "attempt": 1}')
+
+    await wait_for(lambda: handler.seen, message="run delivered")
+    await consumer.stop()
+    assert [(d.body, d.deliveries) for d in handler.seen] == [
+        (b'{"run_id": "r1", "attempt": 1}', 1)
+    ]
+    assert (await stats_of(broker, RUNS_QUEUE)).messages == 0
+
+
+async def test_a_published_completion_reaches_its_consumer(broker: Broker) -> None:
+    handler = Recorder()
+    consumer = await broker.consume_completions(handler, prefetch=1)
+
+    await broker.publish_completion(b'{"operation_id": "o1", "task_id": "r1", "success": true}')
+
+    await wait_for(lambda: handler.seen, message="completion delivered")
+    await consumer.stop()
+    assert handler.seen[0].body == b'{"operation_id": "o1", "task_id": "r1", "success": true}'
+
+
+async def test_stats_count_waiting_messages_and_consumers(broker: Broker) -> None:
+    await broker.publish_run(b"a")
+    await broker.publish_run(b"b")
+
+    async def two_waiting() -> bool:
+        return (await stats_of(broker, RUNS_QUEUE)).messages == 2
+
+    await wait_for(two_waiting, message="two runs waiting")
+    consumer = await broker.consume_completions(Recorder(), prefetch=1)
+
+    async def one_consumer() -> bool:
+        return (await stats_of(broker, COMPLETIONS_QUEUE)).consumers == 1
+
+    await wait_for(one_consumer, message="completion consumer counted")
+    await consumer.stop()
+    assert {s.name for s in await broker.stats()} == {RUNS_QUEUE, COMPLETIONS_QUEUE, DEAD_QUEUE}
+
+
+async def test_prefetch_bounds_the_handlers_running_at_once(broker: Broker) -> None:
+    gate = asyncio.Event()
+    running = 0
+    peak = 0
+    done: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> Outcome:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await gate.wait()
+        running -= 1
+        done.append(delivery.body)
+        return Ack()
+
+    consumer = await broker.consume_runs(handler, prefetch=2)
+    for i in range(5):
+        await broker.publish_run(str(i).encode())
+
+    await wait_for(lambda: running == 2, message="two handlers running")
+    gate.set()
+    await wait_for(lambda: len(done) == 5, message="all five handled")
+    await consumer.stop()
+    assert peak == 2
+    assert sorted(done) == [b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_a_rejected_message_becomes_a_dead_letter_with_reason_and_source(
+    broker: Broker,
+) -> None:
+    reject = Recorder(decide=lambda d: Reject("malformed: not JSON"))
+    runs = await broker.consume_runs(reject, prefetch=1)
+    completions = await broker.consume_completions(reject, prefetch=1)
+
+    await broker.publish_run(b"not json")
+    letters = await dead_letters(broker, 1)
+    await broker.publish_completion(b"{also not json")
+    letters += await dead_letters(broker, 1)
+
+    await runs.stop()
+    await completions.stop()
+    assert letters == [
+        DeadLetter(b"not json", "malformed: not JSON", RUNS_QUEUE),
+        DeadLetter(b"{also not json", "malformed: not JSON", COMPLETIONS_QUEUE),
+    ]
+    assert await broker.take_dead_letters(10) == []
+    assert len(reject.seen) == 2  # rejected once, never redelivered
+
+
+async def test_a_retry_comes_back_later_and_dead_letters_after_max_deliveries(
+    broker: Broker,
+) -> None:
+    handler = Recorder(decide=lambda d: Retry(0.1, "generator busy"))
+    consumer = await broker.consume_runs(handler, prefetch=1)
+
+    await broker.publish_run(b"r1")
+
+    letters = await dead_letters(broker, 1)
+    await consumer.stop()
+    assert letters == [DeadLetter(b"r1", "max deliveries exceeded: generator busy", RUNS_QUEUE)]
+    assert [d.deliveries for d in handler.seen] == [1, 2, 3]
+    gaps = [
+        later - earlier for earlier, later in zip(handler.times, handler.times[1:], strict=False)
+    ]
+    assert all(gap >= 0.09 for gap in gaps), gaps
+
+
+async def test_a_waiting_retry_holds_no_consumer_slot(broker: Broker) -> None:
+    handler = Recorder(decide=lambda d: Retry(60.0, "later") if d.body == b"slow" else Ack())
+    consumer = await broker.consume_runs(handler, prefetch=1)
+
+    await broker.publish_run(b"slow")
+    await broker.publish_run(b"fast")
+
+    await wait_for(lambda: [d.body for d in handler.seen] == [b"slow", b"fast"])
+    await consumer.stop()
+
+
+async def test_a_handler_that_raises_is_retried(broker: Broker) -> None:
+    def fail_first(delivery: Delivery) -> Outcome:
+        if delivery.deliveries == 1:
+            raise RuntimeError("tool crashed")
+        return Ack()
+
+    handler = Recorder(decide=fail_first)
+    consumer = await broker.consume_runs(handler, prefetch=1)
+
+    await broker.publish_run(b"r1")
+
+    await wait_for(lambda: len(handler.seen) == 2, message="redelivered after the crash")
+    await consumer.stop()
+    assert [(d.body, d.deliveries) for d in handler.seen] == [(b"r1", 1), (b"r1", 2)]
+    assert await broker.take_dead_letters(10) == []
+
+
+async def test_stop_waits_for_the_message_in_hand_and_settles_it(broker: Broker) -> None:
+    gate = asyncio.Event()
+    finished: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> Outcome:
+        await gate.wait()
+        finished.append(delivery.body)
+        return Ack()
+
+    consumer = await broker.consume_runs(handler, prefetch=1)
+    await broker.publish_run(b"r1")
+
+    async def in_hand() -> bool:
+        return (await stats_of(broker, RUNS_QUEUE)).messages == 0
+
+    await wait_for(in_hand, message="r1 taken by the consumer")
+    stopping = asyncio.create_task(consumer.stop())
+    finished_early, _ = await asyncio.wait({stopping}, timeout=0.3)
+    assert not finished_early, "stop() returned while a handler was running"
+
+    gate.set()
+    await stopping
+    assert finished == [b"r1"]
+    await broker.publish_run(b"r2")
+
+    async def r2_waits_alone() -> bool:
+        runs = await stats_of(broker, RUNS_QUEUE)
+        return runs.messages == 1 and runs.consumers == 0
+
+    await wait_for(r2_waits_alone, message="r1 acked, r2 not consumed after stop")
+    assert finished == [b"r1"]
+
+
+async def test_a_closed_broker_refuses_to_publish(broker: Broker) -> None:
+    await broker.close()
+
+    with pytest.raises(PublishFailed):
+        await broker.publish_run(b"r1")
+    with pytest.raises(BackendUnavailable):
+        await broker.ping()
+
+
+# RabbitMQ only: properties the memory broker has no equivalent for.
+
+
+def test_rabbit_messages_are_persistent() -> None:
+    assert int(outgoing_message(b"r1").delivery_mode) == 2
+
+
+async def test_rabbit_unroutable_publish_raises(vhost_url: str) -> None:
+    broker = RabbitBroker(vhost_url)
+    await broker.connect()
+    vhost = unquote(urlsplit(vhost_url).path.lstrip("/"))
+    await asyncio.to_thread(rabbitmqctl, "delete_queue", "-p", vhost, RUNS_QUEUE)
+    try:
+        with pytest.raises(PublishFailed, match="unroutable"):
+            await broker.publish_run(b"r1")
+    finally:
+        await broker.close()
+
+
+async def test_rabbit_unreachable_names_the_host_but_not_the_password() -> None:
+    with rabbit_port_nobody_listens_on() as port:
+        broker = RabbitBroker(f"amqp://guest:s3cret@127.0.0.1:{port}/", connect_timeout_s=5)
+        with pytest.raises(BackendUnavailable) as caught:
+            await broker.connect()
+    assert f"127.0.0.1:{port}" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+@contextlib.contextmanager
+def rabbit_port_nobody_listens_on() -> Iterator[int]:
+    """A port bound (so nobody else takes it) but not listening: connections are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        yield port
+
+
+@pytest.mark.timeout(90)
+async def test_rabbit_consumers_resume_and_persistent_messages_survive_a_broker_restart() -> None:
+    with rabbit_node() as node:
+        broker = RabbitBroker(node.url)
+        await broker.connect()
+        runs = Recorder()
+        await broker.consume_runs(runs, prefetch=1)
+        await broker.publish_run(b"before")
+        await wait_for(lambda: runs.seen, message="run delivered before the restart")
+        await broker.publish_completion(b"queued across the restart")
+
+        await asyncio.to_thread(node.stop)
+
+        async def down() -> bool:
+            try:
+                await broker.ping()
+            except BackendUnavailable:
+                return True
+            return False
+
+        await wait_for(down, message="broker noticed the outage")
+        with pytest.raises(PublishFailed):
+            await broker.publish_run(b"during")
+
+        await asyncio.to_thread(node.start)
+
+        async def published_after() -> bool:
+            try:
+                await broker.publish_run(b"after")
+            except PublishFailed:
+                return False
+            return True
+
+        await wait_for(published_after, timeout=30, interval=0.2, message="publish after restart")
+        await wait_for(lambda: len(runs.seen) == 2, timeout=30, message="consumer resumed")
+        completions = Recorder()
+        await broker.consume_completions(completions, prefetch=1)
+        await wait_for(lambda: completions.seen, message="persistent completion survived")
+        await broker.close()
+        assert [d.body for d in runs.seen] == [b"before", b"after"]
+        assert [d.body for d in completions.seen] == [b"queued across the restart"]
+
+
+async def test_rabbit_a_message_redelivered_after_a_lost_connection_counts_again(
+    vhost_url: str,
+) -> None:
+    broker = RabbitBroker(vhost_url)
+    await broker.connect()
+    gate = asyncio.Event()
+    seen: list[int] = []
+
+    async def handler(delivery: Delivery) -> Outcome:
+        seen.append(delivery.deliveries)
+        if delivery.deliveries == 1:
+            await gate.wait()  # still in hand when the connection drops
+        return Ack()
+
+    try:
+        await broker.consume_runs(handler, prefetch=1)
+        await broker.publish_run(b"r1")
+        await wait_for(lambda: seen == [1], message="first delivery in hand")
+
+        vhost = unquote(urlsplit(vhost_url).path.lstrip("/"))
+        await asyncio.to_thread(
+            rabbitmqctl, "close_all_connections", "-p", vhost, "test: consumer lost"
+        )
+
+        await wait_for(lambda: seen == [1, 2], timeout=30, message="redelivered, counted as 2")
+        gate.set()
+    finally:
+        gate.set()
+        await broker.close()
