@@ -202,14 +202,41 @@ class Runs:
     async def delegate(
         self, run: RunRecord, data: Mapping[str, Any], *, worker: str | None = None
     ) -> int:
-        """`operation.accepted`: the run waits for an external completion; no worker holds it."""
+        """`operation.accepted`: the run waits for an external completion; no worker holds it.
+
+        The record keeps the pending ``operation_id`` (and forgets any earlier result), so
+        `complete_operation` applies only the completion of the operation it waits for.
+        """
         rule = Transition(
             _RUNNING,
             to=RunStatus.WAITING.value,
             expect=_holder(run, worker),
-            fields={"worker": "", "lease_until": ""},
+            fields={
+                "worker": "",
+                "lease_until": "",
+                "operation_id": str(data.get("operation_id", "")),
+                "operation_result": "",
+            },
         )
         return await self.append(run, "operation.accepted", data, rule)
+
+    async def complete_operation(
+        self, run: RunRecord, operation_id: str, data: Mapping[str, Any]
+    ) -> int:
+        """`operation.completed`: the waiting run goes back to `queued` with the result.
+
+        Allowed only while the run waits for `operation_id`, so of two copies of one
+        completion exactly one is applied. A worker then claims the run again (same
+        attempt) and the tool reads the result from ``operation_result``.
+        """
+        result = {k: data.get(k) for k in ("success", "result", "error")}
+        rule = Transition(
+            _WAITING,
+            to=RunStatus.QUEUED.value,
+            expect={"operation_id": operation_id},
+            fields={"operation_result": orjson.dumps(result).decode()},
+        )
+        return await self.append(run, "operation.completed", data, rule)
 
     async def resume(self, run: RunRecord, data: Mapping[str, Any], *, worker: str) -> int:
         """`operation.completed`: a waiting run continues, held by `worker`."""

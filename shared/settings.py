@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -18,7 +18,11 @@ class Settings(BaseSettings):
     """Every setting of every process; env var = ``RUNRELAY_`` + upper-cased field name."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RUNRELAY_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="RUNRELAY_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
     )
 
     # Backends: unset means "embedded" (only `runrelay dev` accepts that).
@@ -43,7 +47,11 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = None
     allow_anonymous: bool = False
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    internal_api_key: SecretStr | None = None
+    # The webhook's X-API-Key; CHAT_INTERNAL_API_KEY is the name existing services use.
+    internal_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RUNRELAY_INTERNAL_API_KEY", "CHAT_INTERNAL_API_KEY"),
+    )
 
     # Workers.
     worker_concurrency: int = Field(default=8, ge=1, le=1000)
