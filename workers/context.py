@@ -18,12 +18,17 @@ worker cancels the tool's task when its lease is lost (cancel included) and sets
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import httpx
+import orjson
 
-from shared.models import RunRecord
+from shared.lifecycle import new_id
+from shared.models import Operation, RunRecord
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -96,9 +101,79 @@ class RunContext:
         kwargs.setdefault("timeout", _HTTP_TIMEOUT)
         return httpx.AsyncClient(**kwargs)
 
-    async def delegate(self, **operation: Any) -> None:
-        """Hand the work to an external service and let the run wait (`operation.accepted`)."""
-        # TODO(delegated operations): record the operation, append operation.accepted via
-        # runtime.runs.delegate, and tell the worker to let go of the run without a
-        # terminal event; the completion consumer continues it.
-        raise NotImplementedError("delegated operations are not available yet")
+    async def start_operation(self, tool_name: str | None = None) -> Operation:
+        """Record a new operation of this run, before the external service hears of it.
+
+        Stored first so that a completion arriving before `delegate` finds it.
+        """
+        op = Operation(
+            operation_id=new_id("op"),
+            task_id=self.run.run_id,
+            session_id=self.run.session_id,
+            tool_call_id=self.tool_call_id,
+            tool_name=tool_name or self.run.tool,
+        )
+        ttl = int(self.settings.operation_timeout_s + self.settings.stream_ttl_s)
+        await self.runtime.log.put_operation(op, ttl)
+        return op
+
+    async def delegate(self, operation: Operation) -> NoReturn:
+        """Let the run wait for `operation` (`operation.accepted`); never returns.
+
+        Raises `Delegated`, which the worker takes as "let go of the run": no terminal
+        event, no lease, the slot freed. The completion consumer requeues the run with
+        the result, and a worker calls the tool again: see `completed_operation`.
+        """
+        data = {
+            "operation_id": operation.operation_id,
+            "tool_call_id": operation.tool_call_id,
+            "tool_name": operation.tool_name,
+        }
+        await self.runtime.runs.delegate(self.run, data, worker=self.worker_id)
+        # Nobody holds a lease now: the reaper fails the run if no completion comes.
+        # (Should this fail, the reaper still finds the run at the old lease end.)
+        with contextlib.suppress(Exception):
+            await self.runtime.log.schedule(
+                self.run.run_id, time.time() + self.settings.operation_timeout_s
+            )
+        raise Delegated(operation.operation_id)
+
+    async def completed_operation(self) -> CompletedOperation | None:
+        """The completion this run was requeued with, or None on a first call of the tool."""
+        fields = await self.runtime.log.get_run(self.run.run_id) or {}
+        raw, operation_id = fields.get("operation_result"), fields.get("operation_id")
+        if not raw or not operation_id:
+            return None
+        result = orjson.loads(raw)
+        op = await self.runtime.log.get_operation(operation_id)
+        return CompletedOperation(
+            operation_id=operation_id,
+            tool_call_id=op.tool_call_id if op is not None else self.tool_call_id,
+            tool_name=op.tool_name if op is not None else self.run.tool,
+            success=bool(result.get("success")),
+            result=result.get("result"),
+            error=result.get("error"),
+        )
+
+
+class Delegated(BaseException):
+    """Raised by `RunContext.delegate`: the run now waits for an external completion.
+
+    A BaseException, so a tool's broad ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, operation_id: str) -> None:
+        super().__init__(f"delegated to operation {operation_id}")
+        self.operation_id = operation_id
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedOperation:
+    """What the external service reported for this run's operation."""
+
+    operation_id: str
+    tool_call_id: str
+    tool_name: str
+    success: bool
+    result: Any
+    error: str | None

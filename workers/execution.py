@@ -29,7 +29,7 @@ from shared.errors import AppendRefused, PublishFailed
 from shared.models import RunRecord, RunRequestMessage, RunStatus
 from shared.runtime import Runtime
 from workers import metrics
-from workers.context import RunContext
+from workers.context import Delegated, RunContext
 from workers.tools import get_tool
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,11 @@ class Execution:
         except AppendRefused as exc:
             self.outcome = "cancelled" if exc.run_status == RunStatus.CANCELLED else "lost"
             log.info("run %s: append refused (%s); tool stopped", run.run_id, exc)
+            return None
+        except Delegated as exc:
+            # Waiting for an external completion: no terminal event, the lease stops.
+            self.outcome = "delegated"
+            log.info("run %s: %s; waiting", run.run_id, exc)
             return None
         except Exception as exc:
             log.info("run %s: tool %s raised %r", run.run_id, run.tool, exc)

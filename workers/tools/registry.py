@@ -30,7 +30,12 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound=BaseModel)
 ToolFn = Callable[["RunContext", M], Awaitable[object]]
 
-BUILTIN_MODULES = ("workers.tools.story", "workers.tools.countdown", "workers.tools.llm")
+BUILTIN_MODULES = (
+    "workers.tools.story",
+    "workers.tools.countdown",
+    "workers.tools.llm",
+    "workers.tools.generate_agent",
+)
 
 
 @dataclass(frozen=True, slots=True)
