@@ -3,15 +3,47 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
 
 _SECRET_FIELDS = ("api_tokens", "jwt_secret", "internal_api_key", "llm_api_key")
+
+
+class AgentSpec(BaseModel):
+    """One AgentOS-style agent or team: a name for clients and the tool that runs it.
+
+    ``input`` is merged under the run input ``{"prompt": <message>}`` (e.g. a pace).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    tool: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")
+    description: str = ""
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+def _default_agents() -> dict[str, AgentSpec]:
+    return {"story": AgentSpec(name="Story", tool="story", description="Tells a story, slowly.")}
+
+
+def _default_teams() -> dict[str, AgentSpec]:
+    return {
+        "story": AgentSpec(name="Story team", tool="story", description="A team telling a story.")
+    }
 
 
 class Settings(BaseSettings):
@@ -67,6 +99,10 @@ class Settings(BaseSettings):
     early_completion_s: float = Field(default=60.0, ge=0)
     operation_timeout_s: float = Field(default=3600.0, gt=0)
     completion_max_redeliveries: int = Field(default=5, ge=1)
+
+    # AgentOS-style dialect: id -> spec, JSON in RUNRELAY_AGENTS / RUNRELAY_TEAMS.
+    agents: dict[str, AgentSpec] = Field(default_factory=_default_agents)
+    teams: dict[str, AgentSpec] = Field(default_factory=_default_teams)
 
     # LLM tool.
     llm_base_url: str | None = None
