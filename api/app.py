@@ -24,7 +24,7 @@ from api.deps import ApiState
 from api.errors import Unauthorized
 from api.middleware import AccessLog, BodyLimit
 from api.responses import JSONResponse, error_response
-from api.routes import health, runs, sessions, status
+from api.routes import health, operations, runs, sessions, status
 from api.streams import StreamSlots
 from api.tail import TailHub
 from shared.errors import BackendUnavailable, BadRequest, RunRelayError
@@ -131,6 +131,7 @@ def create_app(
     app.add_exception_handler(Exception, _on_unexpected)
     for router in (runs.router, sessions.router, status.router, health.router, dashboard.router):
         app.include_router(router)
+    app.include_router(operations.router)
     # Outermost last: the access log sees every answer, including a 413.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AccessLog)
