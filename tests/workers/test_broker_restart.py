@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.broker.base import Ack, Delivery, Outcome
 from shared.errors import PublishFailed
 from shared.models import RunRecord
 from shared.runtime import Runtime
@@ -29,12 +30,14 @@ STORY = {"prompt": "after the storm", "paragraphs": 1, "delay_ms": 0}
 
 
 @contextlib.contextmanager
-def own_node(extra_conf: str = "") -> Iterator[RabbitNode]:
+def own_node(extra_conf: str = "", advanced: str = "") -> Iterator[RabbitNode]:
     root = Path(tempfile.mkdtemp(prefix="rr-rabbit-"))
     node = RabbitNode(root)
     if extra_conf:
         conf = root / "rabbitmq.conf"
         conf.write_text(conf.read_text() + extra_conf)
+    if advanced:
+        (root / "advanced.config").write_text(advanced)
     try:
         node.start()
         yield node
@@ -119,12 +122,21 @@ async def test_a_broker_restart_during_a_run_loses_nothing(
         await wait_status(runtime, after, "completed", timeout=30)
 
 
+# Timeouts are checked on the channel tick (once a minute by default, so a 3 s timeout
+# fires after ~60 s); a 250 ms tick makes it fire on time.
+SHORT_CONSUMER_TIMEOUT = (
+    "consumer_timeout = 3000\n",
+    "[{rabbit, [{channel_tick_interval, 250}]}].\n",
+)
+
+
 async def test_a_run_longer_than_the_consumer_timeout_completes_once(
     make_settings: Callable[..., Settings], processes: Processes, tmp_path: Path
 ) -> None:
-    with own_node("consumer_timeout = 3000\n") as node:
+    with own_node(*SHORT_CONSUMER_TIMEOUT) as node:
         settings = make_settings(amqp_url=node.url, worker_concurrency=1)
         async with started(settings) as runtime:
+            await _the_timeout_bites(runtime)
             await spawn_worker(processes, runtime, tmp_path / "worker.log")
             long = await submit(runtime, "countdown", {"seconds": 7, "interval_s": 0.5})
 
@@ -134,3 +146,26 @@ async def test_a_run_longer_than_the_consumer_timeout_completes_once(
             # The worker's channel survived: it still takes runs.
             after = await submit(runtime, "story", STORY)
             await wait_status(runtime, after, "completed", timeout=15)
+
+
+async def _the_timeout_bites(runtime: Runtime) -> None:
+    """Control: a handler that holds a message past the timeout sees it delivered again."""
+    seen: list[int] = []
+    again = asyncio.Event()
+
+    async def hold(delivery: Delivery) -> Outcome:
+        seen.append(delivery.deliveries)
+        if len(seen) > 1:
+            again.set()
+            return Ack()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(again.wait(), 20)
+        return Ack()
+
+    consumer = await runtime.broker.consume_runs(hold, prefetch=1)
+    try:
+        await runtime.broker.publish_run(b'{"run_id": "run_control", "attempt": 1}')
+        await wait_for(again.is_set, timeout=20, message="consumer_timeout never fired")
+    finally:
+        await consumer.stop()
+    assert seen[1] > 1
