@@ -24,7 +24,6 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Generator
-from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -34,14 +33,9 @@ from api.server import Server, build_server
 from shared.errors import BackendUnavailable
 from shared.runtime import Runtime
 from shared.settings import Settings
+from workers.consumer import CompletionConsumer
+from workers.generator import create_generator_app
 from workers.worker import Worker
-
-try:  # TEMPORARY until workers/consumer.py and workers/generator.py land
-    from workers.consumer import CompletionConsumer
-    from workers.generator import create_generator_app
-except ImportError:  # pragma: no cover
-    CompletionConsumer = None  # type: ignore[assignment,misc]
-    create_generator_app = None  # type: ignore[assignment]
 
 log = logging.getLogger("runrelay.dev")
 
@@ -148,30 +142,23 @@ def _banner(runtime: Runtime, base_url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _started(runtime: Runtime, app: Starlette, port: int) -> AsyncIterator[Worker]:
+async def _started(runtime: Runtime, app: Starlette) -> AsyncIterator[Worker]:
     """Start the runtime, the consumer and the worker; stop them in reverse on exit."""
-    settings = runtime.settings
     await runtime.start()
     try:
-        generator: Any = None
-        if create_generator_app is not None:
-            generator = create_generator_app(
-                delay_s=GENERATOR_DELAY_S,
-                via="queue",
-                publish=runtime.broker.publish_completion,
-                webhook_url=f"http://127.0.0.1:{port}",
-                api_key=(
-                    settings.internal_api_key.get_secret_value()
-                    if settings.internal_api_key
-                    else None
-                ),
-            )
-            app.mount(GENERATOR_PATH, generator)
-        consumer = CompletionConsumer(runtime) if CompletionConsumer is not None else None
+        generator = create_generator_app(
+            delay_s=GENERATOR_DELAY_S,
+            via="queue",
+            publish=runtime.broker.publish_completion,
+            webhook_url=None,
+            api_key=None,
+        )
+        app.mount(GENERATOR_PATH, generator)
+        consumer = CompletionConsumer(runtime)
         worker = Worker(runtime)
-        async with _lifespan(generator):
-            if consumer is not None:
-                await consumer.start()
+        # A mounted app's lifespan is not run by the server it is mounted in: run it here.
+        async with generator.router.lifespan_context(generator):
+            await consumer.start()
             try:
                 await worker.start()
                 try:
@@ -180,21 +167,9 @@ async def _started(runtime: Runtime, app: Starlette, port: int) -> AsyncIterator
                     # Embedded state dies with the process: handing back at once loses nothing.
                     await worker.stop(grace_s=0 if runtime.embedded else None)
             finally:
-                if consumer is not None:
-                    await consumer.stop()
+                await consumer.stop()
     finally:
         await runtime.close()
-
-
-@contextlib.asynccontextmanager
-async def _lifespan(app: Any) -> AsyncIterator[None]:
-    # A mounted app's lifespan is not run by the server that mounts it.
-    context = getattr(getattr(app, "router", None), "lifespan_context", None)
-    if context is None:
-        yield
-        return
-    async with context(app):
-        yield
 
 
 async def _serve(runtime: Runtime, sock: socket.socket, host: str, port: int) -> None:
@@ -208,7 +183,7 @@ async def _serve(runtime: Runtime, sock: socket.socket, host: str, port: int) ->
         warning = _auth_warning(runtime.settings)
         if warning:
             log.warning(warning)
-        async with _started(runtime, app, port) as worker:
+        async with _started(runtime, app) as worker:
             stopper.worker = worker
             announce = asyncio.create_task(_announce(server, runtime, _base_url(host, port)))
             try:
