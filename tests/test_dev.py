@@ -1,0 +1,102 @@
+"""`runrelay dev` end to end, as a newcomer meets it: start it, follow a story, stop it.
+
+Given `scripts/dev` (embedded backends, nothing installed) or `runrelay dev` on the real
+Redis and RabbitMQ, when `runrelay run story ... --follow` runs as a real CLI process, then
+it prints exactly the run's text and exits 0, and SIGTERM stops dev with exit code 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.devserver import REPO, RUNRELAY, start_dev
+from tests.support.procs import Processes
+
+STORY_INPUT = '{"prompt":"a knight","paragraphs":5}'
+pytestmark = pytest.mark.timeout(120)
+
+
+async def run_cli(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:  # noqa: ASYNC109
+    proc = await asyncio.create_subprocess_exec(
+        RUNRELAY, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def run_text(url: str, run_id: str) -> str:
+    """The run's whole text, from its event log as the API serves it (JSON pages)."""
+    text: list[str] = []
+    cursor = 0
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
+        while True:
+            page: dict[str, Any] = (
+                await http.get(
+                    f"/v1/runs/{run_id}/events",
+                    params={"after": cursor, "limit": 1000},
+                    headers={"Accept": "application/json"},
+                )
+            ).json()
+            for event in page["events"]:
+                if event["type"] == "output.message.delta":
+                    text.append(event["data"]["delta"])
+            cursor = page["next_cursor"]
+            if not page["has_more"]:
+                return "".join(text)
+
+
+async def only_run(url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
+        runs: list[dict[str, Any]] = (await http.get("/v1/runs")).json()["runs"]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.parametrize("backends", ["embedded", "real"])
+async def test_dev_serves_a_story_to_the_cli_and_stops_on_sigterm(
+    backends: str, processes: Processes, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backends == "embedded":
+        # The README's first command, exactly; no backend URLs anywhere.
+        env: dict[str, str | None] = {"RUNRELAY_REDIS_URL": None, "RUNRELAY_AMQP_URL": None}
+        dev = await start_dev(processes, tmp_path, env, command=[str(REPO / "scripts/dev")])
+    else:
+        env = {
+            "RUNRELAY_REDIS_URL": request.getfixturevalue("redis_url"),
+            "RUNRELAY_AMQP_URL": request.getfixturevalue("amqp_url"),
+            "RUNRELAY_KEY_PREFIX": request.getfixturevalue("prefix"),
+        }
+        dev = await start_dev(processes, tmp_path, env)
+    banner = dev.proc.output()
+    assert f"dashboard:  {dev.url}/" in banner
+    assert "the API is OPEN" in banner
+    assert ("embedded" in banner) == (backends == "embedded")
+
+    code, out, err = await run_cli(
+        "run", "story", "--input", STORY_INPUT, "--follow", "--url", dev.url
+    )
+
+    assert code == 0, err
+    run = await only_run(dev.url)
+    assert run["status"] == "completed"
+    text = await run_text(dev.url, run["run_id"])
+    assert text.startswith("Once, a knight.")
+    assert text.count("\n\n") == 4  # five paragraphs
+    assert out == text + "\n"  # the CLI ends the line after the message
+
+    dev.proc.terminate()
+    assert await dev.proc.wait_async(30) == 0, dev.proc.output()
+    assert "runrelay dev stopped" in dev.proc.output()
