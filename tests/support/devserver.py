@@ -1,8 +1,8 @@
 """`runrelay dev` as a real subprocess on a free port, for end-to-end tests.
 
-    dev = await start_dev(processes, tmp_path, {"RUNRELAY_HEARTBEAT_S": "1"})
-    ... dev.url ...
-    dev.proc.terminate(); assert await dev.proc.wait_async(30) == 0
+dev = await start_dev(processes, tmp_path, {"RUNRELAY_HEARTBEAT_S": "1"})
+... dev.url ...
+dev.proc.terminate(); assert await dev.proc.wait_async(30) == 0
 """
 
 from __future__ import annotations
