@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import dashboard
+from api import dashboard, dialects
 from api.auth import Authenticator
 from api.deps import ApiState
 from api.errors import Unauthorized
@@ -132,6 +132,8 @@ def create_app(
     for router in (runs.router, sessions.router, status.router, health.router, dashboard.router):
         app.include_router(router)
     app.include_router(operations.router)
+    for router in dialects.ROUTERS:
+        app.include_router(router)
     # Outermost last: the access log sees every answer, including a 413.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AccessLog)
