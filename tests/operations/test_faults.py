@@ -1,0 +1,120 @@
+"""Process and broker faults around delegated runs: a killed consumer, a restarted RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from shared.broker.base import COMPLETIONS_QUEUE
+from shared.errors import PublishFailed
+from shared.models import RunRecord
+from shared.runtime import Runtime
+from tests.operations.conftest import MakeSystem
+from tests.support.procs import Processes
+from tests.support.proxy import FaultProxy
+from tests.support.wait import wait_for
+from tests.workers.support import REPO, types, wait_status
+from tests.workers.test_broker_restart import own_node
+from workers.consumer import CompletionConsumer
+
+pytestmark = pytest.mark.slow
+
+CONSUMER = "from shared.settings import load_settings; from workers.consumer import run_consumer; "
+CONSUMER += "run_consumer(load_settings())"
+
+
+async def completions_queue(runtime: Runtime) -> tuple[int, int]:
+    """(ready messages, consumers) of chat_operation_complete."""
+    for queue in await runtime.broker.stats():
+        if queue.name == COMPLETIONS_QUEUE:
+            return queue.messages, queue.consumers
+    raise AssertionError("no completions queue")
+
+
+def via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
+
+
+async def test_a_consumer_killed_while_handling_a_completion_is_redelivered_and_applied_once(
+    make_system: MakeSystem, processes: Processes, tmp_path: Path
+) -> None:
+    async with make_system(generator="accept", consumer=False) as system:
+        settings = system.runtime.settings
+        assert settings.redis_url is not None
+        run = await system.submit()
+        op_id = await system.operation_of(run)
+        redis_port = urlsplit(settings.redis_url).port or 6379
+        async with FaultProxy(redis_port) as proxy:
+            proc = processes.spawn(
+                [sys.executable, "-c", CONSUMER],
+                {
+                    "RUNRELAY_REDIS_URL": via(settings.redis_url, proxy.port),
+                    "RUNRELAY_AMQP_URL": settings.amqp_url,
+                    "RUNRELAY_KEY_PREFIX": settings.key_prefix,
+                    "PYTHONPATH": str(REPO),
+                },
+                log_path=tmp_path / "consumer.log",
+                cwd=REPO,
+            )
+
+            async def consuming() -> bool:
+                assert proc.alive(), proc.output()
+                return (await completions_queue(system.runtime))[1] >= 1
+
+            await wait_for(consuming, timeout=20, message="consumer never started")
+            # Its Redis now hangs: the consumer takes the message and is stuck handling it.
+            proxy.stall()
+            await system.complete(run, op_id)
+            await wait_for(
+                lambda: _delivered(system.runtime), timeout=10, message="never delivered"
+            )
+            proc.kill9()
+            await proc.wait_async(10)
+        assert "applied" not in proc.output()  # it died with the message in hand
+
+        assert (await system.runtime.runs.get(run.run_id)).status.value == "waiting"
+        survivor = CompletionConsumer(system.runtime)
+        await survivor.start()
+        try:
+            await wait_status(system.runtime, run, "completed", timeout=20)
+        finally:
+            await survivor.stop()
+        kinds = await types(system.runtime, run)
+        assert kinds.count("operation.completed") == 1 and kinds.count("tool.completed") == 1
+        assert kinds[-1] == "run.completed"
+
+
+async def _delivered(runtime: Runtime) -> bool:
+    return (await completions_queue(runtime))[0] == 0
+
+
+async def test_runs_waiting_through_a_rabbitmq_restart_take_completions_published_after(
+    make_system: MakeSystem,
+) -> None:
+    with own_node() as node:
+        async with make_system(generator="accept", amqp_url=node.url) as system:
+            runs = [await system.submit(f"agent {i}") for i in range(3)]
+            ops = [await system.operation_of(run) for run in runs]
+
+            await asyncio.to_thread(node.stop)
+            await asyncio.to_thread(node.start)
+
+            for run, op_id in zip(runs, ops, strict=True):
+
+                async def published(run: RunRecord = run, op_id: str = op_id) -> bool:
+                    try:
+                        await system.complete(run, op_id)
+                    except PublishFailed:
+                        return False
+                    return True
+
+                await wait_for(published, timeout=30, interval=0.2, message="no reconnect")
+            for run in runs:
+                await wait_status(system.runtime, run, "completed", timeout=30)
+                kinds = await types(system.runtime, run)
+                assert kinds.count("operation.completed") == 1 and kinds[-1] == "run.completed"
