@@ -85,7 +85,7 @@ class System:
 
 def handled(*results: str) -> float:
     """How many completions this process has handled with these results (a counter)."""
-    return sum(COMPLETIONS.labels(r)._value.get() for r in results)
+    return float(sum(COMPLETIONS.labels(r)._value.get() for r in results))
 
 
 async def wait_handled(before: float, n: int, *results: str) -> None:

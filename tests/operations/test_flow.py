@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
+from tests.api.sse_client import Frame
 from tests.api.sse_client import events as sse_events
 from tests.operations.conftest import API_KEY, MakeSystem, handled, wait_handled
 from tests.support.wait import wait_for
@@ -57,18 +60,23 @@ async def test_a_client_that_leaves_while_waiting_resumes_into_the_whole_ending(
         assert kinds[-2:] == ["output.message.completed", "run.completed"]
         assert set(kinds[3:-2]) == {"output.message.delta"}
         assert [f.id for f in seen + rest] == list(range(1, len(seen) + len(rest) + 1))
-        op_id = seen[-1].json["data"]["operation_id"]  # type: ignore[index]
-        assert rest[0].json["data"] == {
+        op_id = data(seen[-1])["operation_id"]
+        assert data(rest[0]) == {
             "operation_id": op_id,
             "success": True,
             "result": fake_agent(INSTRUCTIONS),
             "error": None,
         }
-        tool_done = rest[2].json["data"]
+        tool_done = data(rest[2])
         assert tool_done["success"] is True and tool_done["output"] == fake_agent(INSTRUCTIONS)
-        assert tool_done["tool_call_id"] == seen[2].json["data"]["tool_call"]["id"]  # type: ignore[index]
-        text = "".join(f.json["data"]["delta"] for f in rest if f.event == "output.message.delta")  # type: ignore[index]
+        assert tool_done["tool_call_id"] == data(seen[2])["tool_call"]["id"]
+        text = "".join(data(f)["delta"] for f in rest if f.event == "output.message.delta")
         assert "generate_agent finished" in text
+
+
+def data(frame: Frame) -> dict[str, Any]:
+    value: dict[str, Any] = frame.json["data"]  # type: ignore[assignment]
+    return value
 
 
 async def _status(http: object, run_id: str, status: str) -> bool:
