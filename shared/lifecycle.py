@@ -1,8 +1,9 @@
 """Run lifecycle policy: which event may follow which status, decided once, above the backends.
 
     queued ──run.started──▶ running ──operation.accepted──▶ waiting
-      ▲                       │  ▲                              │
-      └──────run.retrying─────┘  └────operation.completed───────┘
+      ▲ ▲                     │                                 │
+      │ └─────run.retrying────┘                                 │
+      └──────────operation.completed (result on the record)─────┘
     any non-terminal ──run.completed | run.failed | run.cancelled──▶ terminal (exactly once)
 
 Every transition is one conditional append (`EventLog.append` with a `Transition`),
