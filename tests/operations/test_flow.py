@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import orjson
 
 from tests.api.sse_client import Frame
 from tests.api.sse_client import events as sse_events
 from tests.operations.conftest import API_KEY, MakeSystem, handled, wait_handled
+from tests.support.http import serve_app
 from tests.support.wait import wait_for
+from tests.workers import llm_double
 from tests.workers.support import events, types, wait_status
-from workers.generator import fake_agent
+from workers.generator import create_generator_app, fake_agent
 
 INSTRUCTIONS = "Build a weather agent that answers in haiku"
 
@@ -79,10 +82,7 @@ def data(frame: Frame) -> dict[str, Any]:
     return value
 
 
-async def _status(http: object, run_id: str, status: str) -> bool:
-    import httpx
-
-    assert isinstance(http, httpx.AsyncClient)
+async def _status(http: httpx.AsyncClient, run_id: str, status: str) -> bool:
     response = await http.get(f"/v1/runs/{run_id}")
     return bool(response.json()["status"] == status)
 
@@ -231,3 +231,44 @@ async def test_malformed_completions_are_dead_lettered_and_the_consumer_keeps_go
                 "malformed completion: success: Input should be a valid boolean",
             ]
         ), letters
+
+
+async def test_the_example_generator_can_report_through_the_webhook(
+    make_system: MakeSystem,
+) -> None:
+    async with make_system(generator="accept") as system:
+        run = await system.submit(INSTRUCTIONS)
+        op_id = await system.operation_of(run)
+        generator = create_generator_app(
+            delay_s=0, via="webhook", publish=None, webhook_url=system.api_url, api_key=API_KEY
+        )
+        async with serve_app(generator) as url, httpx.AsyncClient(base_url=url) as http:
+            body = {"instructions": INSTRUCTIONS, "operation_id": op_id, "task_id": run.run_id}
+            accepted = await http.post("/api/generate-agent", json=body)
+            assert accepted.status_code == 202
+            assert accepted.json() == {"operation_id": op_id, "status": "accepted"}
+
+            await wait_status(system.runtime, run, "completed")
+        log = await events(system.runtime, run)
+        done = next(e for e in log if e["type"] == "operation.completed")
+        assert done["data"]["result"] == fake_agent(INSTRUCTIONS)
+
+
+async def test_with_an_llm_configured_the_continuation_is_its_streamed_reply(
+    make_system: MakeSystem,
+) -> None:
+    async with (
+        serve_app(llm_double.create_app()) as llm_url,
+        make_system(
+            generator="accept", llm_base_url=llm_url, llm_api_key=llm_double.API_KEY
+        ) as system,
+    ):
+        run = await system.submit()
+        await system.complete(run, await system.operation_of(run))
+
+        await wait_status(system.runtime, run, "completed")
+        log = await events(system.runtime, run)
+    text = "".join(e["data"]["delta"] for e in log if e["type"] == "output.message.delta")
+    assert text.startswith("echo: The generate_agent tool finished.")
+    assert '"name":"weather-bot"' in text
+    assert [e["type"] for e in log][-2:] == ["output.message.completed", "run.completed"]
