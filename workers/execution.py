@@ -25,7 +25,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from shared.broker.base import Broker
-from shared.errors import AppendRefused, PublishFailed
+from shared.errors import AppendRefused, NotFound, PublishFailed
 from shared.models import RunRecord, RunRequestMessage, RunStatus
 from shared.runtime import Runtime
 from workers import metrics
@@ -130,6 +130,12 @@ class Execution:
             self.outcome = "cancelled" if exc.run_status == RunStatus.CANCELLED else "lost"
             log.info("run %s: append refused (%s); tool stopped", run.run_id, exc)
             return None
+        except NotFound:
+            self.outcome = "vanished"
+            log.warning(
+                "run %s no longer exists in Redis (its data was lost); tool stopped", run.run_id
+            )
+            return None
         except Delegated as exc:
             # Waiting for an external completion: no terminal event, the lease stops.
             self.outcome = "delegated"
@@ -180,6 +186,14 @@ class Execution:
         try:
             current = await self.runtime.runs.get(self.run.run_id)
             reason = "cancelled" if current.status == RunStatus.CANCELLED else "lost"
+        except NotFound:
+            # The record itself is gone: Redis lost its data (a restart without persistence).
+            # Nothing can be written for this run any more, so stop the tool and say why.
+            log.warning(
+                "run %s no longer exists in Redis (its data was lost); tool stopped",
+                self.run.run_id,
+            )
+            reason = "vanished"
         except Exception:
             reason = "lost"
         self.stop(reason)
