@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import httpx
 import pytest
 
 from tests.faults.conftest import ALICE, MakeStack
@@ -100,11 +99,8 @@ async def test_the_sdk_surfaces_a_clear_error_when_redis_stays_away(make_stack: 
                 first = await anext(events)
                 assert first.type == "run.queued"
                 node.stop()
-                with pytest.raises(StreamError, match="503|Redis|unavailable"):
+                with pytest.raises(StreamError, match=r"Redis .* is unavailable"):
                     async with asyncio.timeout(ANSWER_DEADLINE_S * 2):
                         async for _ in events:
                             pass
                 await events.aclose()
-            with pytest.raises(httpx.TransportError):
-                async with httpx.AsyncClient(timeout=1) as raw:
-                    await raw.get(f"http://127.0.0.1:{node.port}/")
