@@ -28,6 +28,7 @@ from api.tail import TailHub
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.api.conftest import build_runtime
+from tests.operations.conftest import make_system  # noqa: F401 -- the delegated system, reused
 from tests.support.devserver import REPO, RUNRELAY
 from tests.support.http import serve_app
 from tests.support.ports import free_port
