@@ -1,0 +1,96 @@
+"""Connections that break: cut mid-frame, stalled, slow to read, and a reconnect storm.
+
+A stalled connection detected by the SDK's watchdog is proven by
+tests/sdk/test_e2e.py::test_a_stalled_connection_is_detected_after_stale_after_and_resumed,
+random cut points by tests/sdk/test_e2e.py::test_random_cuts_lose_and_repeat_nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+
+import pytest
+
+from runrelay import RunRelay
+from tests.faults.conftest import ALICE, MakeStack
+from tests.faults.invariants import delivered_once, log_of, run_ended_once
+from tests.faults.rawsse import read_stream
+from tests.support.proxy import FaultProxy
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+# Odd offsets: inside the HTTP head, inside `retry:`, inside an `id:` line, inside JSON,
+# between the two newlines that end a frame; primes so no frame boundary lines up.
+ODD_OFFSETS = (1, 13, 97, 211, 389, 1021, 2053)
+
+
+async def test_cuts_at_odd_byte_offsets_mid_frame_lose_and_repeat_nothing(
+    make_stack: MakeStack,
+) -> None:
+    async with make_stack(heartbeat_s=0.5, retry_ms=0) as stack:
+        run_id = await stack.create("story", {"prompt": "cut", "paragraphs": 3, "delay_ms": 5})
+        async with FaultProxy(stack.port) as proxy:
+            for offset in ODD_OFFSETS:
+                proxy.cut_after_bytes(offset, times=4)
+                before = proxy.connections_total
+                received: list[int] = []
+                async with RunRelay(
+                    f"http://127.0.0.1:{proxy.port}", ALICE, backoff_base_s=0.01,
+                    backoff_max_s=0.05, max_retries=50,
+                ) as sdk:
+                    async with contextlib.aclosing(sdk.events.stream(run_id=run_id)) as events:
+                        async for event in events:
+                            assert event.id is not None
+                            received.append(event.id)
+                assert proxy.connections_total - before >= 5, f"offset {offset}: no cut"
+                delivered_once(received, await run_ended_once(stack.runtime, run_id))
+
+
+async def test_a_slow_reader_falls_behind_without_holding_up_the_run_or_others(
+    make_stack: MakeStack,
+) -> None:
+    # The smallest hub buffer: the slow reader overflows and catches up from the log.
+    async with make_stack(subscriber_buffer=8, heartbeat_s=5) as stack:
+        run_id = await stack.create(
+            "story", {"prompt": "a long one", "paragraphs": 12, "delay_ms": 1}
+        )
+        path = f"/v1/runs/{run_id}/events"
+        slow = asyncio.create_task(read_stream(stack.port, path, token=ALICE, read_pause_s=0.04))
+        fast = asyncio.create_task(read_stream(stack.port, path, token=ALICE))
+        await stack.ended(run_id)
+        fast_result = await asyncio.wait_for(fast, 20)
+        # The run and the fast reader are done while the slow one is still reading.
+        assert not slow.done()
+        slow_result = await asyncio.wait_for(slow, 60)
+        log = await run_ended_once(stack.runtime, run_id)
+        delivered_once(fast_result.ids, log)
+        delivered_once(slow_result.ids, log)
+
+
+async def test_a_storm_of_1000_clients_resuming_at_once_each_catch_up_exactly(
+    make_stack: MakeStack,
+) -> None:
+    clients = 1000
+    async with make_stack(max_streams_per_owner=clients + 10, heartbeat_s=2) as stack:
+        run_id = await stack.create("story", {"prompt": "storm", "paragraphs": 6, "delay_ms": 20})
+
+        async def some_events() -> bool:
+            return len(await log_of(stack.runtime, run_id)) >= 20
+
+        await wait_for(some_events, timeout=15)
+        last = len(await log_of(stack.runtime, run_id))
+        rng = random.Random(7)
+        cursors = [rng.randrange(0, last) for _ in range(clients)]
+        path = f"/v1/runs/{run_id}/events"
+        results = await asyncio.wait_for(
+            asyncio.gather(*(read_stream(stack.port, path, token=ALICE, cursor=c) for c in cursors)),
+            90,
+        )
+        log = await run_ended_once(stack.runtime, run_id)
+        for cursor, result in zip(cursors, results, strict=True):
+            assert result.status == 200 and not result.errors and not result.gaps
+            delivered_once(result.ids, log, since=cursor)
+        await wait_for(lambda: stack.hub.subscribers == 0, timeout=10, message="subscribers left")
