@@ -37,14 +37,19 @@ async def test_cuts_at_odd_byte_offsets_mid_frame_lose_and_repeat_nothing(
                 proxy.cut_after_bytes(offset, times=4)
                 before = proxy.connections_total
                 received: list[int] = []
-                async with RunRelay(
-                    f"http://127.0.0.1:{proxy.port}", ALICE, backoff_base_s=0.01,
-                    backoff_max_s=0.05, max_retries=50,
-                ) as sdk:
-                    async with contextlib.aclosing(sdk.events.stream(run_id=run_id)) as events:
-                        async for event in events:
-                            assert event.id is not None
-                            received.append(event.id)
+                async with (
+                    RunRelay(
+                        f"http://127.0.0.1:{proxy.port}",
+                        ALICE,
+                        backoff_base_s=0.01,
+                        backoff_max_s=0.05,
+                        max_retries=50,
+                    ) as sdk,
+                    contextlib.aclosing(sdk.events.stream(run_id=run_id)) as events,
+                ):
+                    async for event in events:
+                        assert event.id is not None
+                        received.append(event.id)
                 assert proxy.connections_total - before >= 5, f"offset {offset}: no cut"
                 delivered_once(received, await run_ended_once(stack.runtime, run_id))
 
@@ -85,10 +90,8 @@ async def test_a_storm_of_1000_clients_resuming_at_once_each_catch_up_exactly(
         rng = random.Random(7)
         cursors = [rng.randrange(0, last) for _ in range(clients)]
         path = f"/v1/runs/{run_id}/events"
-        results = await asyncio.wait_for(
-            asyncio.gather(*(read_stream(stack.port, path, token=ALICE, cursor=c) for c in cursors)),
-            90,
-        )
+        storm = (read_stream(stack.port, path, token=ALICE, cursor=c) for c in cursors)
+        results = await asyncio.wait_for(asyncio.gather(*storm), 90)
         log = await run_ended_once(stack.runtime, run_id)
         for cursor, result in zip(cursors, results, strict=True):
             assert result.status == 200 and not result.errors and not result.gaps
