@@ -19,7 +19,8 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -150,6 +151,20 @@ async def _call_webhook(base_url: str, api_key: str | None, message: dict[str, A
     raise RuntimeError(f"webhook {url} failed {_WEBHOOK_ATTEMPTS} times")
 
 
+class _Server(uvicorn.Server):
+    # uvicorn re-raises the stopping signal after shutdown (exit 143); stop quietly, exit 0.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
 def run_generator(settings: Settings, host: str, port: int, via: str, delay_s: float) -> None:
     """`runrelay generator`: queue mode needs ``RUNRELAY_AMQP_URL``; webhook mode calls the API
     at ``RUNRELAY_URL`` (default http://127.0.0.1:8000) with ``RUNRELAY_INTERNAL_API_KEY``."""
@@ -166,7 +181,7 @@ async def _serve(settings: Settings, host: str, port: int, via: str, delay_s: fl
         app = create_generator_app(
             delay_s=delay_s, via=via, publish=None, webhook_url=url, api_key=key
         )
-        await uvicorn.Server(uvicorn.Config(app, host=host, port=port)).serve()
+        await _Server(uvicorn.Config(app, host=host, port=port)).serve()
         return
     runtime = Runtime.build(settings)
     await runtime.broker.connect()
@@ -178,6 +193,6 @@ async def _serve(settings: Settings, host: str, port: int, via: str, delay_s: fl
             webhook_url=None,
             api_key=key,
         )
-        await uvicorn.Server(uvicorn.Config(app, host=host, port=port)).serve()
+        await _Server(uvicorn.Config(app, host=host, port=port)).serve()
     finally:
         await runtime.broker.close()
