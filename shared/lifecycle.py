@@ -239,11 +239,6 @@ class Runs:
         )
         return await self.append(run, "operation.completed", data, rule)
 
-    async def resume(self, run: RunRecord, data: Mapping[str, Any], *, worker: str) -> int:
-        """`operation.completed`: a waiting run continues, held by `worker`."""
-        rule = Transition(_WAITING, to=RunStatus.RUNNING.value, fields={"worker": worker})
-        return await self.append(run, "operation.completed", data, rule)
-
     async def retry(self, run: RunRecord, reason: str, *, expect: Mapping[str, str]) -> int:
         """Back to `queued` for the next attempt (`run.retrying`)."""
         attempt = run.attempt + 1

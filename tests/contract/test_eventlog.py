@@ -213,18 +213,34 @@ async def test_a_run_is_claimed_by_one_worker_and_lost_workers_cannot_write(
     assert await runs.start(again, worker="w9", lease_until=time.time() + 30) is not None
 
 
-async def test_delegation_waits_then_resumes_and_cancel_is_idempotent(runs: Runs) -> None:
+async def test_delegation_applies_only_its_own_completion_once(runs: Runs) -> None:
     run = await started(runs)
     await runs.delegate(run, {"operation_id": "op-1"}, worker="w1")
     waiting = await runs.get(run.run_id)
     assert (waiting.status, waiting.worker) == (RunStatus.WAITING, None)
-    await runs.resume(waiting, {"operation_id": "op-1", "success": True}, worker="c1")
-    assert (await runs.get(run.run_id)).status == RunStatus.RUNNING
+    with pytest.raises(AppendRefused):  # a completion of some other operation
+        await runs.complete_operation(waiting, "op-2", {"operation_id": "op-2", "success": True})
+    outcomes = await asyncio.gather(
+        *(
+            runs.complete_operation(waiting, "op-1", {"operation_id": "op-1", "success": True})
+            for _ in range(3)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(o, int) for o in outcomes) == 1
+    requeued = await runs.get(run.run_id)
+    assert (requeued.status, requeued.attempt) == (RunStatus.QUEUED, 1)
+    assert await runs.start(requeued, worker="w2", lease_until=time.time() + 30) is not None
 
-    cancelled = await runs.cancel(await runs.get(run.run_id))
+
+async def test_cancel_is_immediate_and_idempotent(runs: Runs) -> None:
+    run = await started(runs)
+    cancelled = await runs.cancel(run)
     assert cancelled.status == RunStatus.CANCELLED and cancelled.cancel_requested
     again = await runs.cancel(cancelled)
     assert again.last_event_id == cancelled.last_event_id
+    with pytest.raises(AppendRefused):
+        await runs.emit(run, "output.message.delta", {"delta": "late"}, worker="w1")
 
 
 async def test_unknown_run_is_not_found(runs: Runs) -> None:
