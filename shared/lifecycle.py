@@ -84,6 +84,11 @@ class Runs:
             raise BadRequest(
                 "Idempotency-Key must be 1-128 of A-Z a-z 0-9 . _ : -", "Idempotency-Key"
             )
+        try:
+            input_json = orjson.dumps(dict(input)).decode()
+        except orjson.JSONEncodeError as exc:
+            # Valid JSON can still be unstorable: integers past 64 bits, lone surrogates.
+            raise BadRequest(f"input cannot be stored as JSON: {exc}", "input") from None
         run_id = new_id("run")
         if idempotency_key is not None:
             bound = await self.log.claim_idempotency(
@@ -103,7 +108,7 @@ class Runs:
             "session_id": session_id,
             "owner": owner,
             "tool": tool,
-            "input": orjson.dumps(dict(input)).decode(),
+            "input": input_json,
             "status": RunStatus.QUEUED.value,
             "attempt": "1",
             "created_at": now,
