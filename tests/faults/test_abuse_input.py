@@ -63,6 +63,16 @@ async def test_malformed_requests_are_4xx_naming_the_field(make_stack: MakeStack
                     "Idempotency-Key",
                 ),
                 ({"json": {"tool": "story", "input": {"x": "y" * 70_000}}}, 413, None),
+                # Valid JSON that cannot be stored: a 70-bit integer, a lone surrogate.
+                ({"json": {"tool": "story", "input": {"n": 2**70}}}, 400, "input"),
+                (
+                    {
+                        "content": b'{"tool": "story", "input": {"s": "\\ud800"}}',
+                        "headers": {"content-type": "application/json"},
+                    },
+                    400,
+                    "input",
+                ),
             ]
             for request, status, field in cases:
                 response = await http.post("/v1/runs", **request)
