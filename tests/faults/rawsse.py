@@ -128,3 +128,65 @@ def _take(out: StreamResult, frame: SSEFrame) -> None:
         out.types.append(frame.event)
         if frame.event in TERMINAL_EVENTS:
             out.ended = True
+
+
+class RawPoster:
+    """Keep-alive HTTP/1.1 POSTs of JSON over a few bare sockets: a lean load generator.
+
+    async with RawPoster(port, token, connections=16) as poster:
+        status, body = await poster.post("/v1/runs", b'{"tool": "story"}')
+    """
+
+    def __init__(self, port: int, token: str, *, connections: int = 16) -> None:
+        self.port = port
+        self.token = token
+        self.size = connections
+        self._free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+
+    async def __aenter__(self) -> RawPoster:
+        for _ in range(self.size):
+            self._free.put_nowait(await asyncio.open_connection("127.0.0.1", self.port))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        while not self._free.empty():
+            _, writer = self._free.get_nowait()
+            writer.close()
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {self.token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        reader, writer = await self._free.get()
+        try:
+            try:
+                answer = await self._exchange(reader, writer, request)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The server closed an idle keep-alive socket before reading: a new one.
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                answer = await self._exchange(reader, writer, request)
+        except BaseException:
+            writer.close()
+            self._free.put_nowait(await asyncio.open_connection("127.0.0.1", self.port))
+            raise
+        self._free.put_nowait((reader, writer))
+        return answer
+
+    @staticmethod
+    async def _exchange(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+    ) -> tuple[int, bytes]:
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await reader.readexactly(length)
