@@ -27,7 +27,7 @@ import uuid
 from collections import deque
 from typing import NamedTuple
 
-from api import sse
+from api import metrics, sse
 from shared.errors import BackendUnavailable
 from shared.eventlog.base import EventLog
 from shared.models import TERMINAL_EVENTS, StoredEvent
@@ -218,6 +218,8 @@ class TailHub:
         dropped = [sub for sub in follow.subscribers if not sub.push(frames)]
         for sub in dropped:
             follow.subscribers.discard(sub)
+        if dropped:
+            metrics.SLOW_CLIENT_FALLBACKS.inc(len(dropped))
         if ended or not follow.subscribers:
             # Nothing follows a terminal event; subscribers end on the frame they just got.
             self._follows.pop(key, None)

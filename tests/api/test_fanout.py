@@ -1,0 +1,137 @@
+"""The live tail at scale: many clients, many runs, a stalled reader — nobody loses or repeats."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+
+from tests.api.conftest import Api, MakeApi
+from tests.api.sse_client import events
+from tests.support.wait import wait_for
+
+
+async def follow(http: httpx.AsyncClient, url: str) -> list[int]:
+    async with http.stream("GET", url) as response:
+        assert response.status_code == 200
+        return [frame.id async for frame in events(response) if frame.id is not None]
+
+
+async def redis_connections(api: Api) -> int:
+    """Connections Redis sees from this API process (its log sets a client name)."""
+    assert api.runtime.settings.redis_url and api.client_name
+    admin = aioredis.Redis.from_url(api.runtime.settings.redis_url)
+    try:
+        clients = await admin.client_list()
+    finally:
+        await admin.aclose()
+    return sum(1 for c in clients if c.get("name") == api.client_name)
+
+
+def many(api: Api) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    return api.client(limits=limits, timeout=httpx.Timeout(60.0))
+
+
+async def test_200_clients_on_one_run_each_get_every_event_once(make_api: MakeApi) -> None:
+    async with make_api() as api, many(api) as http:
+        created = await api.create_run(http)
+        run = await api.producer.start(created["run_id"])
+        readers = [asyncio.create_task(follow(http, created["events_url"])) for _ in range(200)]
+        await wait_for(lambda: api.hub.subscribers == 200, timeout=30, message="clients attached")
+        await api.producer.emit(run, 50)
+        last = await api.producer.finish(run)
+        results = await asyncio.gather(*readers)
+        assert all(ids == list(range(1, last + 1)) for ids in results)
+        if api.backend == "real":
+            assert await redis_connections(api) < 10
+
+
+async def test_200_runs_followed_at_once(make_api: MakeApi) -> None:
+    async with make_api() as api, many(api) as http:
+        created = [await api.create_run(http) for _ in range(200)]
+        runs = [await api.producer.start(c["run_id"]) for c in created]
+        readers = [asyncio.create_task(follow(http, c["events_url"])) for c in created]
+        await wait_for(lambda: api.hub.followed == 200, timeout=30, message="runs followed")
+        if api.backend == "real":
+            assert await redis_connections(api) < 10
+
+        async def produce(i: int) -> int:
+            await api.producer.emit(runs[i], 10)
+            return await api.producer.finish(runs[i])
+
+        lasts = await asyncio.gather(*(produce(i) for i in range(200)))
+        results = await asyncio.gather(*readers)
+        assert [ids for ids in results] == [list(range(1, last + 1)) for last in lasts]
+        if api.backend == "real":
+            assert await redis_connections(api) < 10
+        await wait_for(lambda: api.hub.followed == 0, message="follows released")
+
+
+class StalledReader:
+    """A raw HTTP/1.1 client with a tiny receive window that reads nothing until told."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, base_url: str, path: str, token: str) -> StalledReader:
+        host, port = base_url.removeprefix("http://").split(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # no window autotuning
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        # A small limit: asyncio reads ahead up to twice this before it stops reading.
+        reader, writer = await asyncio.open_connection(sock=sock, limit=16_384)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+        return cls(reader, writer)
+
+    async def read_all(self) -> bytes:
+        """The rest of the chunked body, until the server ends it."""
+        body = bytearray()
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+            chunk = await self.reader.readexactly(size + 2)
+            if size == 0:
+                return bytes(body)
+            body += chunk[:-2]
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def fallbacks() -> float:
+    return REGISTRY.get_sample_value("runrelay_api_slow_client_fallbacks_total") or 0.0
+
+
+async def test_stalled_reader_slows_nobody_and_later_gets_everything(make_api: MakeApi) -> None:
+    async with make_api(subscriber_buffer=8) as api, api.client() as http:
+        created = await api.create_run(http)
+        run = await api.producer.start(created["run_id"])
+        stalled = await StalledReader.open(api.url, created["events_url"], "tok-alice")
+        try:
+            fast = asyncio.create_task(follow(http, created["events_url"]))
+            await wait_for(lambda: api.hub.subscribers == 2, message="both clients attached")
+            before = fallbacks()
+            # ~10 MB: more than the stalled socket and the kernel (sndbuf ≤ 4 MB) can hold.
+            await api.producer.emit(run, 320, text="z" * 32_000)
+            last = await api.producer.finish(run)
+            # The producer finished and the fast client got everything while one reads nothing.
+            assert await fast == list(range(1, last + 1))
+            await wait_for(lambda: fallbacks() > before, message="slow-client fallback")
+
+            body = await stalled.read_all()
+        finally:
+            stalled.close()
+        ids = [int(line[4:]) for line in body.split(b"\n") if line.startswith(b"id: ")]
+        assert ids == list(range(1, last + 1))
+        assert body.endswith(b"event: run.completed\ndata: " + body.rsplit(b"data: ", 1)[1])
