@@ -23,10 +23,9 @@ from starlette.responses import Response
 from api.deps import ApiState, Owner, State
 from api.dialects.common import epoch_s, sse_data, start_run, stream_response
 from api.responses import JSONResponse
-from api.streams import StreamFormat
+from api.streams import StreamFormat, event_stream
 from shared.errors import BadCursor, NotFound
-from shared.eventlog.follow import follow
-from shared.models import RunRecord, RunStatus, StoredEvent
+from shared.models import TERMINAL_EVENTS, RunRecord, RunStatus, StoredEvent
 from shared.settings import AgentSpec
 
 Kind = Literal["agent", "team"]
@@ -158,13 +157,38 @@ def _run_key(state: ApiState, run: RunRecord) -> str:
     return state.runtime.log.keys.run_log(run.session_id, run.run_id)
 
 
-async def _collect(state: ApiState, run: RunRecord) -> tuple[str, RunRecord]:
-    """Wait for the run to end: its text and final record (no stream, no background)."""
+async def _collect(state: ApiState, run: RunRecord) -> str | None:
+    """The run's text once it ended, None if it did not within a connection's age.
+
+    Blocking mode is a stream nobody sees: the same core, with a framer that keeps
+    the text and sends nothing.
+    """
     text: list[str] = []
-    async for item in follow(state.runtime.log, _run_key(state, run), 0):
-        if isinstance(item, StoredEvent) and item.type == "output.message.delta":
-            text.append(str(item.decode()["data"].get("delta", "")))
-    return "".join(text), await state.runtime.runs.get(run.run_id)
+    ended = False
+
+    def keep(event: StoredEvent) -> bytes:
+        nonlocal ended
+        if event.type == "output.message.delta":
+            text.append(str(event.decode()["data"].get("delta", "")))
+        ended = ended or event.type in TERMINAL_EVENTS
+        return b""
+
+    runtime = state.runtime
+    body = event_stream(
+        runtime.log,
+        state.hub,
+        runtime.settings,
+        _run_key(state, run),
+        0,
+        until_terminal=True,
+        fmt=StreamFormat(framer=keep),
+    )
+    try:
+        async for _ in body:
+            pass
+    finally:
+        await body.aclose()  # type: ignore[attr-defined]
+    return "".join(text) if ended else None
 
 
 def _summary(kind: Kind, spec_id: str, spec: AgentSpec, run: RunRecord) -> dict[str, Any]:
@@ -207,28 +231,38 @@ def _register(kind: Kind) -> None:
     ) -> Response:
         """Start a run; `stream`/`background` decide whether the connection carries or owns it."""
         spec = _spec(_specs(state, kind), kind, spec_id)
-        run = await start_run(
-            state, owner, spec.tool, {**spec.input, "prompt": message}, session_id or None
+        prompt = {**spec.input, "prompt": message}
+        if not stream:
+            run = await start_run(state, owner, spec.tool, prompt, session_id or None)
+            # Blocking mode waits for the end, bounded like a stream; unfinished by then: 202.
+            text = None if background else await _collect(state, run)
+            if not background:
+                run = await state.runtime.runs.get(run.run_id)
+            if text is None:
+                return JSONResponse(_summary(kind, spec_id, spec, run), status_code=202)
+            return JSONResponse({**_summary(kind, spec_id, spec, run), "content": text})
+        # The stream slot first: a 429 must not leave a run behind that nobody watches.
+        release = state.slots.acquire(owner)
+        try:
+            run = await start_run(state, owner, spec.tool, prompt, session_id or None)
+        except BaseException:
+            release()
+            raise
+        runs = state.runtime.runs
+
+        async def cancel() -> None:
+            await runs.cancel(await runs.get(run.run_id), "client disconnected")
+
+        # Without background the connection owns the run, as AgentOS clients expect.
+        return stream_response(
+            state,
+            owner,
+            _run_key(state, run),
+            0,
+            agentos_format(kind, spec_id, spec),
+            on_abandon=None if background else cancel,
+            release=release,
         )
-        if stream:
-            runs = state.runtime.runs
-
-            async def cancel() -> None:
-                await runs.cancel(await runs.get(run.run_id), "client disconnected")
-
-            # Without background the connection owns the run, as AgentOS clients expect.
-            return stream_response(
-                state,
-                owner,
-                _run_key(state, run),
-                0,
-                agentos_format(kind, spec_id, spec),
-                on_abandon=None if background else cancel,
-            )
-        if background:
-            return JSONResponse(_summary(kind, spec_id, spec, run), status_code=202)
-        text, final = await _collect(state, run)
-        return JSONResponse({**_summary(kind, spec_id, spec, final), "content": text})
 
     @router.post(
         base + "/{spec_id}/runs/{run_id}/resume",

@@ -48,15 +48,17 @@ def stream_response(
     before: bytes = b"",
     on_abandon: Callable[[], Any] | None = None,
     headers: Mapping[str, str] | None = None,
+    release: Callable[[], None] | None = None,
 ) -> Response:
     """SSE over log `key` after `cursor` in format `fmt`.
 
     `before` goes out right after the ``retry:`` line. `on_abandon` (a coroutine
     function) runs when the response ends before its stream did, i.e. the client
     went away; a stream that ends on its own (terminal event, connection age) is not
-    abandoned.
+    abandoned. `release` is a stream slot the caller took already (else one is taken).
     """
-    release = state.slots.acquire(owner)
+    if release is None:
+        release = state.slots.acquire(owner)
     runtime = state.runtime
     body = event_stream(
         runtime.log,
@@ -83,6 +85,7 @@ def stream_response(
             await body.aclose()  # type: ignore[attr-defined]
 
     def close() -> None:
+        assert release is not None
         release()
         if not finished and on_abandon is not None:
             task = asyncio.create_task(_quietly(on_abandon))

@@ -51,10 +51,13 @@ async def publish(topic: str, body: Publish, state: State, owner: Owner) -> Resp
     """Append one event to the caller's topic; answers its id (the SSE id / cursor)."""
     _check_topic(topic)
     event = {"topic": topic, "type": body.type, "data": body.data, "created_at": utcnow()}
+    try:
+        encoded = orjson.dumps(event)
+    except orjson.JSONEncodeError as exc:
+        # Valid JSON can still be unstorable: integers past 64 bits, lone surrogates.
+        raise BadRequest(f"data cannot be stored as JSON: {exc}", "data") from None
     # The backend prefixes ``{"id":N,``: hand it the JSON minus its opening brace.
-    event_id = await state.runtime.log.append_topic(
-        owner, topic, body.type, orjson.dumps(event)[1:]
-    )
+    event_id = await state.runtime.log.append_topic(owner, topic, body.type, encoded[1:])
     return JSONResponse({"id": event_id}, status_code=201)
 
 

@@ -78,7 +78,9 @@ async def test_topics_are_per_owner(system: System) -> None:
         seen = await read_until(bob, "shared-name", None, 1)
         bad = await bob.post("/v1/topics/bad%20name/events", json={"data": 1})
         bad_type = await bob.post("/v1/topics/ok/events", json={"type": "a\nb", "data": 1})
+        unstorable = await bob.post("/v1/topics/ok/events", json={"data": 2**70})
     assert past_end.status_code == 400
     assert mine.json() == {"id": 1}
     assert [f.json["data"] for f in seen] == ["for bob"]
     assert bad.status_code == 400 and bad_type.status_code == 422
+    assert unstorable.status_code == 400 and unstorable.json()["error"]["field"] == "data"
