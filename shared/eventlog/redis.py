@@ -293,7 +293,8 @@ class RedisEventLog:
     async def wake(self, wake_key: str) -> None:
         # Ids 0-1, 0-2, ...: like a log's, so a reader's integer cursor passes each wake once
         # (an auto id would always be past "0-N" and make every wait return at once).
-        await self._call(self._redis.xadd(wake_key, {"w": 1}, id="0-*", maxlen=1))
+        # Same fields as an event ("t", "d"): `wait` decodes every stream it reads alike.
+        await self._call(self._redis.xadd(wake_key, {"t": "wake", "d": b"{}"}, id="0-*", maxlen=1))
         await self._call(self._redis.expire(wake_key, 3600))
 
     # Topics -------------------------------------------------------------------------
