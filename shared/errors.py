@@ -8,7 +8,8 @@
     │   └── AppendRefused      producer: the run already ended, or a transition is illegal
     ├── BadRequest             client: invalid input, naming the field (400/422)
     │   └── BadCursor          client: unknown, malformed or negative cursor (400)
-    └── PublishFailed          API: the broker did not confirm a publish (503)
+    ├── PublishFailed          API: the broker did not confirm a publish (503)
+    └── TooManyRuns            client: RUNRELAY_MAX_ACTIVE_RUNS_PER_OWNER runs not ended (429)
 """
 
 from __future__ import annotations
@@ -64,3 +65,10 @@ class BadCursor(BadRequest):
 class PublishFailed(RunRelayError):
     code = "publish_failed"
     status = 503
+
+
+class TooManyRuns(RunRelayError):
+    """The owner already has ``RUNRELAY_MAX_ACTIVE_RUNS_PER_OWNER`` runs that have not ended."""
+
+    code = "too_many_runs"
+    status = 429

@@ -39,6 +39,10 @@ class Keys:
     def owner_runs(self, owner: str) -> str:
         return f"{self.prefix}owner:{owner}:runs"
 
+    def owner_active(self, owner: str) -> str:
+        """The owner's unfinished runs (zset run id -> creation time), for the active-runs limit."""
+        return f"{self.prefix}owner:{owner}:active"
+
     def idempotency(self, owner: str, key: str) -> str:
         return f"{self.prefix}idem:{owner}:{key}"
 

@@ -15,6 +15,7 @@ that another worker has taken over.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -23,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from shared.errors import AppendRefused, BadRequest, Conflict, NotFound
+from shared.errors import AppendRefused, BadRequest, Conflict, NotFound, TooManyRuns
 from shared.eventlog.base import EventLog, Transition, encode_body
 from shared.models import RunRecord, RunStatus, utcnow, valid_id
 
@@ -63,9 +64,16 @@ def record_from(fields: Mapping[str, str]) -> RunRecord:
 class Runs:
     """Create, read and move runs through their lifecycle."""
 
-    def __init__(self, log: EventLog, *, publish_grace_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        publish_grace_s: float = 30.0,
+        max_active_per_owner: int | None = None,
+    ) -> None:
         self.log = log
         self._publish_grace_s = publish_grace_s
+        self._max_active = max_active_per_owner
 
     # Creating and reading ----------------------------------------------------------
     async def create(
@@ -101,6 +109,8 @@ class Runs:
                 # The first request died between binding the key and storing the run:
                 # take the binding over rather than failing forever.
                 run_id = bound
+        if self._max_active is not None:
+            await self._admit(owner, run_id, self._max_active)
         session_id = session_id or new_id("sess")
         now = utcnow()
         fields = {
@@ -125,9 +135,40 @@ class Runs:
         except Conflict:
             existing = await self.log.get_run(run_id)
             if existing is None:
+                await self.log.drop_active(owner, [run_id])
                 raise
             return record_from(existing), False
+        except BaseException:
+            await asyncio.shield(self._forget_active(owner, run_id))
+            raise
         return record_from({**fields, "last_event_id": "1"}), True
+
+    async def _admit(self, owner: str, run_id: str, limit: int) -> None:
+        """Count the run against the owner's active runs; `TooManyRuns` at the limit.
+
+        The owner's active set is kept with the lifecycle: a run joins it here, before it
+        exists, and leaves it in `finish`. A process that dies between a terminal append
+        and the removal leaves a stale member; those are found and dropped here, only
+        when the set looks full, so the check stays one Redis call in the common case.
+        """
+        if await self.log.admit_active(owner, run_id, limit):
+            return
+        stale = []
+        for member in await self.log.active_runs(owner, limit):
+            fields = await self.log.get_run(member)
+            if fields is None or RunStatus(fields["status"]).terminal:
+                stale.append(member)
+        if stale:
+            await self.log.drop_active(owner, stale)
+        if not stale or not await self.log.admit_active(owner, run_id, limit):
+            raise TooManyRuns(
+                f"at most {limit} active runs per caller (RUNRELAY_MAX_ACTIVE_RUNS_PER_OWNER): "
+                "wait for one to end, or cancel one"
+            )
+
+    async def _forget_active(self, owner: str, run_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.log.drop_active(owner, [run_id])
 
     async def get(self, run_id: str, owner: str | None = None) -> RunRecord:
         """The run, or `NotFound` when it is unknown or (given `owner`) not theirs."""
@@ -277,6 +318,7 @@ class Runs:
         rule = Transition(to=status.value, terminal=True, expect=expect or {}, fields=fields)
         event_id = await self.append(run, f"run.{status.value}", data, rule)
         await self.log.unschedule(run.run_id)
+        await self.log.drop_active(run.owner, [run.run_id])
         return event_id
 
     async def cancel(self, run: RunRecord, reason: str = "cancelled by client") -> RunRecord:

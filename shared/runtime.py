@@ -39,7 +39,11 @@ class Runtime:
             )
         log = _build_log(settings)
         broker = _build_broker(settings)
-        runs = Runs(log, publish_grace_s=settings.publish_grace_s)
+        runs = Runs(
+            log,
+            publish_grace_s=settings.publish_grace_s,
+            max_active_per_owner=settings.max_active_runs_per_owner,
+        )
         return cls(settings, log, broker, runs, embedded=bool(missing))
 
     async def start(self) -> None:

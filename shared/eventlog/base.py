@@ -8,7 +8,7 @@ the id it assigns, so every reader gets the same bytes and nobody re-encodes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -88,6 +88,16 @@ class EventLog(Protocol):
 
     async def claim_idempotency(self, owner: str, key: str, run_id: str, ttl_s: int) -> str:
         """Bind key -> run_id unless bound already; return the bound run id."""
+
+    # The owner's unfinished runs (the active-runs limit) --------------------------
+    async def admit_active(self, owner: str, run_id: str, limit: int) -> bool:
+        """Add `run_id` to the owner's active runs unless they hold `limit` already."""
+
+    async def drop_active(self, owner: str, run_ids: Sequence[str]) -> None:
+        """Remove runs from the owner's active runs (ended, or never created)."""
+
+    async def active_runs(self, owner: str, limit: int) -> list[str]:
+        """Up to `limit` of the owner's active run ids, oldest first."""
 
     # Reading ---------------------------------------------------------------------
     async def read(self, log_key: str, after: int, limit: int) -> Page:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ class MemoryEventLog:
         self._logs: dict[str, _Log] = {}
         self._sessions: dict[str, _Session] = {}
         self._owner_runs: dict[str, dict[str, float]] = {}
+        self._owner_active: dict[str, dict[str, float]] = {}
         self._idem: dict[str, tuple[str, float]] = {}
         self._ops: dict[str, tuple[Operation, float]] = {}
         self._deadlines: dict[str, float] = {}
@@ -249,6 +250,24 @@ class MemoryEventLog:
         if current is None or self._expired(current[1]):
             return None
         return current[0]
+
+    async def admit_active(self, owner: str, run_id: str, limit: int) -> bool:
+        active = self._owner_active.setdefault(owner, {})
+        if run_id not in active and len(active) >= limit:
+            return False
+        active.setdefault(run_id, time.time())
+        return True
+
+    async def drop_active(self, owner: str, run_ids: Sequence[str]) -> None:
+        active = self._owner_active.get(owner, {})
+        for run_id in run_ids:
+            active.pop(run_id, None)
+        if not active:
+            self._owner_active.pop(owner, None)
+
+    async def active_runs(self, owner: str, limit: int) -> list[str]:
+        active = self._owner_active.get(owner, {})
+        return [r for _, r in sorted((t, r) for r, t in active.items())[:limit]]
 
     async def schedule(self, run_id: str, due: float) -> None:
         self._deadlines[run_id] = due

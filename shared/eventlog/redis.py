@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -97,6 +97,7 @@ class RedisEventLog:
         self._update = self._redis.register_script(scripts.UPDATE)
         self._read = self._redis.register_script(scripts.READ)
         self._append_topic = self._redis.register_script(scripts.APPEND_TOPIC)
+        self._admit_active = self._redis.register_script(scripts.ADMIT_ACTIVE)
         # run id -> session id never changes once written, so caching it is always safe.
         self._sessions: OrderedDict[str, str] = OrderedDict()
 
@@ -232,6 +233,24 @@ class RedisEventLog:
             return False, None
         record = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
         return bool(applied), record
+
+    # The owner's active runs ---------------------------------------------------------
+    async def admit_active(self, owner: str, run_id: str, limit: int) -> bool:
+        admitted = await self._call(
+            self._admit_active(
+                keys=[self.keys.owner_active(owner)], args=[run_id, limit, time.time()]
+            )
+        )
+        return bool(admitted)
+
+    async def drop_active(self, owner: str, run_ids: Sequence[str]) -> None:
+        if run_ids:
+            await self._call(self._redis.zrem(self.keys.owner_active(owner), *run_ids))
+
+    async def active_runs(self, owner: str, limit: int) -> list[str]:
+        key = self.keys.owner_active(owner)
+        members = await self._call(self._redis.zrange(key, 0, limit - 1))
+        return [member.decode() for member in members]
 
     async def list_runs(
         self, owner: str, session_id: str | None, limit: int, offset: int

@@ -127,3 +127,13 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return id
 """
+
+# KEYS: the owner's active-runs zset. ARGV: run_id, limit, now.
+# Admits the run unless the owner already has `limit` of them (a member already in is
+# admitted again), so concurrent creates can never overshoot the limit.
+ADMIT_ACTIVE = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
