@@ -249,3 +249,34 @@ def test_any_completion_body_is_handled_without_raising(body: bytes) -> None:
     assert isinstance(outcome, Ack | Reject | Retry), outcome
     if isinstance(outcome, Reject | Retry):
         assert outcome.reason
+
+
+async def test_too_many_active_runs_per_owner_is_429_until_one_ends(make_stack: MakeStack) -> None:
+    async with make_stack(worker=False, max_active_runs_per_owner=3) as stack:
+        body = {"tool": "story", "input": {"prompt": "x"}}
+        runs = [await stack.create("story", {"prompt": "x"}) for _ in range(3)]
+        async with stack.client(ALICE) as alice, stack.client("tok-bob") as bob:
+            refused = await alice.post("/v1/runs", json=body)
+            assert refused.status_code == 429, refused.text
+            error = _error(refused)
+            assert error["code"] == "too_many_runs"
+            assert "RUNRELAY_MAX_ACTIVE_RUNS_PER_OWNER" in error["message"]
+            # The same limit on every way in: the AgentOS dialect creates runs too.
+            agent = await alice.post(
+                "/agents/story/runs", data={"message": "x", "background": "true", "stream": "false"}
+            )
+            assert agent.status_code == 429, agent.text
+            # Per owner: Bob is not affected.
+            assert (await bob.post("/v1/runs", json=body)).status_code == 202
+
+            # A run that ends frees its place.
+            assert (await alice.post(f"/v1/runs/{runs[0]}/cancel")).status_code == 200
+            assert (await alice.post("/v1/runs", json=body)).status_code == 202
+            assert (await alice.post("/v1/runs", json=body)).status_code == 429
+
+            # A place held by a run that is gone (a crash between its end and its removal)
+            # is found and freed when the limit is reached.
+            await stack.runtime.log.drop_active("alice", [runs[1]])
+            assert await stack.runtime.log.admit_active("alice", "run_gone", 3)
+            assert (await alice.post("/v1/runs", json=body)).status_code == 202
+            assert "run_gone" not in await stack.runtime.log.active_runs("alice", 10)
