@@ -69,7 +69,8 @@ async def stack(make_settings: Callable[..., Settings]) -> AsyncIterator[Stack]:
         await worker.start()
         app = create_app(runtime, manage_runtime=False)
         async with serve_app(app, timeout_graceful_shutdown=2) as url:
-            async with FaultProxy(int(url.rsplit(":", 1)[1])) as proxy:
+            proxy = FaultProxy(int(url.rsplit(":", 1)[1]))
+            async with proxy:
                 yield Stack(url, proxy)
     finally:
         await worker.stop(grace_s=0)
@@ -155,9 +156,11 @@ async def test_since_id_resumes_in_a_new_client_after_a_restart(stack: Stack) ->
     assert last_id is not None
 
     rest: list[AnyEvent] = []
-    async with stack.client() as fresh:
-        async with aclosing(fresh.events.stream(run_id=run.run_id, since_id=last_id)) as events:
-            async for event in events:
-                rest.append(event)
+    async with (
+        stack.client() as fresh,
+        aclosing(fresh.events.stream(run_id=run.run_id, since_id=last_id)) as events,
+    ):
+        async for event in events:
+            rest.append(event)
 
     assert_whole_log(first + rest, await stack.logged_events(run.run_id))
