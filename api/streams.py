@@ -277,21 +277,34 @@ class EventStreamResponse(StreamingResponse):
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pump = asyncio.create_task(self._pump(send))
-        watch = asyncio.create_task(_disconnected(receive))
+        # The body is written from this task; a small watcher cancels it when the client
+        # leaves, so an idle stream lets go at once (not at its next heartbeat) and costs
+        # one extra task, not two.
+        current = asyncio.current_task()
+        assert current is not None
+        state = {"writing": True, "gone": False}
+
+        async def watch() -> None:
+            await _disconnected(receive)
+            if state["writing"]:
+                state["gone"] = True
+                current.cancel()
+
+        watcher = asyncio.create_task(watch())
         try:
-            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+            with contextlib.suppress(OSError):  # the client went away mid-write
+                await self.stream_response(send)
+            state["writing"] = False
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            current.uncancel()
         finally:
-            for task in (pump, watch):
-                task.cancel()
-            await asyncio.gather(pump, watch, return_exceptions=True)
+            state["writing"] = False
+            watcher.cancel()
             with contextlib.suppress(Exception):
                 await self._body.aclose()  # type: ignore[attr-defined]
             self._on_close()
-
-    async def _pump(self, send: Send) -> None:
-        with contextlib.suppress(OSError):  # the client went away mid-write
-            await self.stream_response(send)
 
 
 async def _disconnected(receive: Receive) -> None:
