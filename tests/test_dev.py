@@ -100,3 +100,16 @@ async def test_dev_serves_a_story_to_the_cli_and_stops_on_sigterm(
     dev.proc.terminate()
     assert await dev.proc.wait_async(30) == 0, dev.proc.output()
     assert "runrelay dev stopped" in dev.proc.output()
+
+
+def test_dev_points_generate_agent_at_its_own_generator_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runrelay.dev import dev_settings
+    from shared.settings import load_settings
+
+    own = dev_settings(load_settings(_env_file=None), "0.0.0.0", 8123)
+    assert own.generator_url == "http://127.0.0.1:8123/generator"
+    monkeypatch.setenv("RUNRELAY_GENERATOR_URL", "http://gen.internal:9000")
+    explicit = load_settings(_env_file=None)
+    assert dev_settings(explicit, "127.0.0.1", 8123).generator_url == "http://gen.internal:9000"
