@@ -106,7 +106,6 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise SystemExit(f"runrelay dev: cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.set_inheritable(True)
     return sock
 
 
