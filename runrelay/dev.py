@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Generator
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -118,6 +120,18 @@ def _auth_warning(settings: Settings) -> str | None:
     )
 
 
+def _cli() -> str:
+    """How to type `runrelay` here: the bare name if PATH finds this one, else its path."""
+    ours = Path(sys.argv[0]).resolve()
+    found = shutil.which("runrelay")
+    if found is not None and Path(found).resolve() == ours:
+        return "runrelay"
+    try:
+        return str(ours.relative_to(Path.cwd()))
+    except ValueError:
+        return str(ours)
+
+
 def _banner(runtime: Runtime, base_url: str) -> str:
     settings = runtime.settings
     backends = (
@@ -134,7 +148,7 @@ def _banner(runtime: Runtime, base_url: str) -> str:
             f"  dashboard:  {base_url}/",
             f"  API docs:   {base_url}/docs",
             f"  generator:  {settings.generator_url}",
-            f"  try:        runrelay run story --input {_EXAMPLE_INPUT} --follow{url_flag}",
+            f"  try:        {_cli()} run story --input {_EXAMPLE_INPUT} --follow{url_flag}",
             "",
         ]
     )
