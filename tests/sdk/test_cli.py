@@ -55,7 +55,7 @@ def test_config_prints_settings_with_secrets_masked(
     assert result.exit_code == 0, result.output
     assert "RUNRELAY_HEARTBEAT_S=5.0" in result.output
     assert "RUNRELAY_JWT_SECRET=********" in result.output
-    assert "RUNRELAY_REDIS_URL=redis://********@redis.example:6379/0" in result.output
+    assert "RUNRELAY_REDIS_URL=redis://user:********@redis.example:6379/0" in result.output
     for secret in ("hunter2-jwt", "tok-secret", "pa55word"):
         assert secret not in result.output
 
