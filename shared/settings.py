@@ -85,6 +85,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RUNRELAY_INTERNAL_API_KEY", "CHAT_INTERNAL_API_KEY"),
     )
 
+    # Metrics of processes without an HTTP API (worker, consumer); unset = not served.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     # Workers.
     worker_concurrency: int = Field(default=8, ge=1, le=1000)
     lease_s: float = Field(default=30.0, gt=0)

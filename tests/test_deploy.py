@@ -69,6 +69,9 @@ MEANINGS: dict[str, str] = {
     "subscriber_buffer": "Frames buffered per SSE subscriber in the API's live tail; a client "
     "slower than this falls back to reading the log (it never loses events).",
     "max_streams_per_owner": "Open SSE streams allowed per owner in one API process (429 beyond).",
+    "metrics_port": "Port on which a worker or consumer serves Prometheus `/metrics` "
+    "(the API serves them on its own port). Unset: not served.",
+    "metrics_host": "Address the worker/consumer metrics port binds to; `0.0.0.0` in containers.",
     "max_active_runs_per_owner": "Non-terminal runs allowed per owner (429 beyond).",
     "api_tokens": "Static bearer tokens, `token:owner,...` (secret).",
     "jwt_secret": "HS256 secret for JWT bearer tokens; `sub` is the owner (secret).",

@@ -25,6 +25,7 @@ from shared.errors import BackendUnavailable
 from shared.runtime import Runtime
 from shared.settings import Settings
 from workers.completion import handle_completion
+from workers.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def run_consumer(settings: Settings) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     runtime = Runtime.build(settings)
+    serve_metrics(settings)
     try:
         import uvloop
 

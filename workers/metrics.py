@@ -1,12 +1,14 @@
 """Prometheus metrics of the worker, in the default registry.
 
 `runrelay dev` serves them on the API's ``/metrics`` (same process); a standalone
-worker has no HTTP port of its own yet.
+worker or consumer serves them on ``RUNRELAY_METRICS_PORT`` when it is set.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from shared.settings import Settings
 
 RUNS_STARTED = Counter(
     "runrelay_worker_runs_started_total", "Runs this worker claimed and started.", ["tool"]
@@ -35,3 +37,9 @@ REAPER_ACTIONS = Counter(
     "What the reaper did: retried, failed_worker_lost, republished, operation_timeout.",
     ["action"],
 )
+
+
+def serve_metrics(settings: Settings) -> None:
+    """Serve the process's metrics over HTTP (a daemon thread) if a port is configured."""
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)

@@ -247,6 +247,7 @@ def run_worker(settings: Settings) -> None:
     )
     load_tool_modules(settings.tools)
     runtime = Runtime.build(settings)
+    metrics.serve_metrics(settings)
     try:
         import uvloop
 
