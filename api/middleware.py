@@ -105,7 +105,12 @@ class AccessLog:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Event streams write their bodies here directly (see api.streams.RAW_SEND).
+        scope["runrelay.send"] = send
+        if not access_log.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ from shared.models import TERMINAL_EVENTS, StoredEvent
 from shared.settings import Settings
 
 PAGE = 500
+RAW_SEND = "runrelay.send"  # scope key: the server's own `send`, set by AccessLog
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,8 @@ class _Stream:
         self.deadline = self.loop.time() + settings.max_connection_s
         self.last_sent = self.loop.time()
         self.done = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.sub: Subscription | None = None
 
     def aged(self) -> bool:
         return self.loop.time() >= self.deadline
@@ -177,20 +182,35 @@ class _Stream:
                 if self.done or self.aged():
                     return
         finally:
+            self.stop_timer()
+            self.sub = None
             self.hub.unsubscribe(sub)
 
     async def idle(self, sub: Subscription) -> bool:
         """Wait for frames; True when a heartbeat is due instead."""
-        now = self.loop.time()
         due = self.last_sent + self.heartbeat_s
-        wait_s = min(due, self.deadline) - now
-        if wait_s > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    await sub.ready.wait()
-            if sub.ready.is_set():
+        wake_at = min(due, self.deadline)
+        if self.loop.time() < wake_at:
+            # One timer per heartbeat period, not one per wait: a timer armed for an older
+            # `due` just wakes us early once and is re-armed. Per-event waits stay cheap.
+            if self.timer is None:
+                self.timer = self.loop.call_at(wake_at, self.tick)
+            self.sub = sub
+            await sub.ready.wait()
+            if sub.frames or sub.overflowed or sub.closed:
                 return False
+            sub.ready.clear()  # the timer woke us: nothing queued
         return self.loop.time() >= due and not self.aged()
+
+    def tick(self) -> None:
+        self.timer = None
+        if self.sub is not None:
+            self.sub.ready.set()
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     async def live(self, frames: list[Frame]) -> bytes:
         # Everything queued goes out as one chunk: one write for a burst.
@@ -277,34 +297,46 @@ class EventStreamResponse(StreamingResponse):
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The body is written from this task; a small watcher cancels it when the client
-        # leaves, so an idle stream lets go at once (not at its next heartbeat) and costs
-        # one extra task, not two.
+        # The body is written by its own task, straight to the server's `send` (stashed by
+        # api.middleware.AccessLog): waking a stream for each event then resumes a few
+        # frames, not the whole middleware and routing stack this task sits under. This
+        # task meanwhile waits for the client to leave, so an idle stream lets go at once.
         current = asyncio.current_task()
         assert current is not None
-        state = {"writing": True, "gone": False}
+        pump = asyncio.create_task(self._pump(send, scope.get(RAW_SEND, send)))
+        listening = True
 
-        async def watch() -> None:
-            await _disconnected(receive)
-            if state["writing"]:
-                state["gone"] = True
+        def pumped(_: asyncio.Task[None]) -> None:
+            if listening:
                 current.cancel()
 
-        watcher = asyncio.create_task(watch())
+        pump.add_done_callback(pumped)
         try:
-            with contextlib.suppress(OSError):  # the client went away mid-write
-                await self.stream_response(send)
-            state["writing"] = False
+            await _disconnected(receive)
         except asyncio.CancelledError:
-            if not state["gone"]:
+            if not pump.done():
                 raise
             current.uncancel()
         finally:
-            state["writing"] = False
-            watcher.cancel()
+            listening = False
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._body.aclose()  # type: ignore[attr-defined]
             self._on_close()
+
+    async def _pump(self, send: Send, raw_send: Send) -> None:
+        # The start goes through the middleware, so the access log records the status.
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        try:
+            async for chunk in self._body:
+                await raw_send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await raw_send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client went away mid-write
+        except Exception:
+            log.exception("event stream failed")
 
 
 async def _disconnected(receive: Receive) -> None:

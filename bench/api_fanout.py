@@ -59,7 +59,24 @@ def serve(port: int, prefix: str, redis_url: str) -> None:
     )
     log = RedisEventLog(redis_url, prefix=prefix, ttl_s=600, max_events=100_000)
     runtime = Runtime(settings, log, MemoryBroker(), Runs(log), embedded=False)
-    build_server(create_app(runtime, allow_open=True), "127.0.0.1", port, log_level="warning").run()
+    server = build_server(
+        create_app(runtime, allow_open=True), "127.0.0.1", port, log_level="warning"
+    )
+    profile_path = os.environ.get("BENCH_PROFILE")  # where does the server spend its time?
+    if profile_path:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        stop = server.shutdown
+
+        async def shutdown(sockets: object = None) -> None:
+            profiler.disable()
+            profiler.dump_stats(profile_path)
+            await stop()
+
+        server.shutdown = shutdown  # type: ignore[method-assign,assignment]
+        profiler.enable()
+    server.run()
 
 
 def rss_kb(pid: int) -> int:
@@ -227,6 +244,7 @@ def main() -> None:
 
     port, prefix = free_port(), f"rrbench:{uuid.uuid4().hex[:8]}:"
     cmd = [sys.executable, "-m", "bench.api_fanout", "--serve", str(port), "--prefix", prefix]
+
     server = subprocess.Popen([*cmd, "--redis-url", args.redis_url])
     try:
         _pin(1)
