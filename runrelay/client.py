@@ -277,6 +277,11 @@ class Events:
                             elif isinstance(item, SSEComment):
                                 # Heartbeats are proof of life, not something to deliver.
                                 alive, failures = True, 0
+                            elif item.event == "error" and item.id is None:
+                                # The server lost a backend mid-stream; it closes next.
+                                # Not an event of the run: reconnect, and say why if
+                                # retries run out.
+                                raise _Retryable(f"server error: {_error_message(item)}")
                             else:
                                 event = _event(item)
                                 if (
@@ -323,6 +328,14 @@ async def _items(response: httpx.Response, stale_after: float) -> AsyncGenerator
             raise _Retryable(f"no data for {stale_after}s") from None
         for item in decoder.feed(chunk):
             yield item
+
+
+def _error_message(frame: SSEFrame) -> str:
+    try:
+        message = orjson.loads(frame.data).get("message")
+    except (orjson.JSONDecodeError, AttributeError):
+        message = None
+    return str(message or frame.data)
 
 
 def _event(frame: SSEFrame) -> AnyEvent:
