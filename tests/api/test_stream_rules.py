@@ -14,6 +14,7 @@ from shared.settings import Settings
 from tests.api.conftest import MakeApi
 from tests.api.sse_client import frames
 from tests.support.http import serve_app
+from tests.support.wait import wait_for
 
 
 async def test_idle_stream_gets_heartbeats_that_never_move_the_cursor(make_api: MakeApi) -> None:
@@ -161,3 +162,19 @@ async def test_unreachable_backend_fails_startup_clearly(
         pass
     error = app.state.startup_error
     assert error is not None and "127.0.0.1:1" in str(error)
+
+
+async def test_open_streams_per_owner_are_bounded(make_api: MakeApi) -> None:
+    async with make_api(max_streams_per_owner=1) as api, api.client() as http:
+        created = await api.create_run(http)
+        await api.producer.start(created["run_id"])
+        async with http.stream("GET", created["events_url"]) as first:
+            assert first.status_code == 200
+            second = await http.get(created["events_url"])
+            assert second.status_code == 429
+            assert second.json()["error"]["code"] == "too_many_streams"
+            async with api.client("bob") as bob:  # the bound is per owner
+                assert (await bob.get("/v1/runs")).status_code == 200
+        await wait_for(lambda: api.hub.subscribers == 0, message="first stream released")
+        async with http.stream("GET", created["events_url"]) as third:
+            assert third.status_code == 200
