@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -240,17 +241,16 @@ def main() -> None:
         serve(args.serve, args.prefix, args.redis_url)
         return
 
-    from tests.support.ports import free_port
-
-    port, prefix = free_port(), f"rrbench:{uuid.uuid4().hex[:8]}:"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    prefix = f"rrbench:{uuid.uuid4().hex[:8]}:"
     cmd = [sys.executable, "-m", "bench.api_fanout", "--serve", str(port), "--prefix", prefix]
 
     server = subprocess.Popen([*cmd, "--redis-url", args.redis_url])
     try:
         _pin(1)
         deadline = time.monotonic() + 15
-        import socket
-
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
