@@ -75,7 +75,7 @@ def _redis_benchmark_xadd() -> str:
         return "n/a (redis-benchmark not available)"
 
 
-async def main(events: int, nruns: int, producers: int, write: bool) -> None:
+async def main(events: int, nruns: int, producers: int, write: bool) -> list[list[str]]:
     prefix = f"rrbench:{uuid.uuid4().hex[:8]}:"
     log = RedisEventLog(REDIS_URL, prefix=prefix, ttl_s=60, max_events=100_000)
     runs = Runs(log)
@@ -106,6 +106,7 @@ async def main(events: int, nruns: int, producers: int, write: bool) -> None:
             f"`{cmd}` — {machine()}, Redis on 127.0.0.1, ~200-byte events. Each append is "
             "one `Runs.emit` (Lua: id + run log + session log + holder check).\n\n" + body,
         )
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Two common designs, written small, for comparison only (never product code)."""

@@ -1,0 +1,145 @@
+"""A fast producer: the real Lua append (`shared.eventlog.scripts.APPEND`), pipelined.
+
+    prod = Producer(redis_url, prefix); await prod.open()
+    runs = await prod.runs(100)                     # created and started through `Runs`
+    await prod.append(runs, n_each=1000)            # burst: every run gets n events
+    await prod.steady(runs, rate=5000, seconds=5)   # data carries "t" (append time, ns)
+    await prod.finish(runs)                         # run.completed through `Runs`
+
+`Runs.emit` awaits one script call at a time (a redis-py round trip each, ~5-10k/s
+from one connection); the bench needs to drive the server harder than that, so it
+sends the same script call (same keys, same arguments an `emit` without a holder
+check makes) in pipelines of a few hundred over a few connections. Bench-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared.eventlog import scripts
+from shared.eventlog.base import encode_body
+from shared.eventlog.redis import RedisEventLog
+from shared.lifecycle import Runs
+from shared.models import RunRecord, RunStatus, utcnow
+
+PAYLOAD = "x" * 120  # with the envelope: ~230-byte events on the wire
+
+
+class Producer:
+    def __init__(self, redis_url: str, prefix: str, connections: int = 4) -> None:
+        self.log = RedisEventLog(redis_url, prefix=prefix, ttl_s=600, max_events=200_000)
+        self.lifecycle = Runs(self.log)
+        self.redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                redis_url, max_connections=connections, timeout=None
+            )
+        )
+        self.connections = connections
+        self.script = self.redis.register_script(scripts.APPEND)
+        self.publish = False  # baseline (b): also PUBLISH each event on its log key
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.log.close()
+
+    async def runs(self, n: int) -> list[RunRecord]:
+        out: list[RunRecord] = []
+
+        async def one() -> None:
+            run, _ = await self.lifecycle.create(owner="anonymous", tool="bench", input={})
+            started = await self.lifecycle.start(
+                run, worker="bench", lease_until=time.time() + 3600
+            )
+            assert started is not None
+            out.append(started)
+
+        for i in range(0, n, 50):
+            await asyncio.gather(*(one() for _ in range(min(50, n - i))))
+        return out
+
+    def log_key(self, run: RunRecord) -> str:
+        return self.log.keys.run_log(run.session_id, run.run_id)
+
+    def _args(self, run: RunRecord, data: dict[str, Any]) -> tuple[list[str], list[Any]]:
+        type_ = "output.message.delta"
+        now = utcnow()
+        body = encode_body(run.run_id, run.session_id, type_, data, now)
+        k = self.log.keys
+        keys = [
+            k.run(run.session_id, run.run_id),
+            self.log_key(run),
+            k.session(run.session_id),
+            k.session_log(run.session_id),
+            k.session_runs(run.session_id),
+        ]
+        return keys, [type_, body, "", "0", ",running,", now, 600, 200_000, 0, 0]
+
+    async def _send(self, batch: list[tuple[RunRecord, dict[str, Any]]]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            calls = [self._args(run, data) for run, data in batch]
+            for keys, args in calls:
+                await self.script(keys=keys, args=args, client=pipe)
+            results = await pipe.execute()
+        if self.publish:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for (run, _), (_, args), res in zip(batch, calls, results, strict=True):
+                    full = b'{"id":%d,' % int(res[0]) + args[1]
+                    msg = b'{"id":%d,"type":"%s","event":%s}' % (
+                        int(res[0]),
+                        args[0].encode(),
+                        full,
+                    )
+                    pipe.publish(self.log_key(run), msg)
+                await pipe.execute()
+
+    async def append(self, runs: list[RunRecord], n_each: int, pipeline: int = 200) -> None:
+        """n_each events to every run, interleaved, as fast as the pipelines go."""
+        data = {"delta": PAYLOAD}
+        work = [(run, data) for _ in range(n_each) for run in runs]
+        queue = [work[i : i + pipeline] for i in range(0, len(work), pipeline)]
+
+        async def lane() -> None:
+            while queue:
+                await self._send(queue.pop(0))
+
+        await asyncio.gather(*(lane() for _ in range(self.connections)))
+
+    async def steady(self, runs: list[RunRecord], rate: float, seconds: float) -> int:
+        """`rate` events/s in total, round-robin over runs, every ~2 ms; returns events sent."""
+        tick = 0.002
+        sent = 0
+        index = 0
+        start = time.perf_counter()
+        end = start + seconds
+        pending: set[asyncio.Task[None]] = set()
+        while (now := time.perf_counter()) < end:
+            due = int((now - start) * rate) - sent
+            if due > 0:
+                batch = []
+                for _ in range(due):
+                    batch.append((runs[index % len(runs)], {"delta": PAYLOAD, "t": time.time_ns()}))
+                    index += 1
+                sent += due
+                task = asyncio.create_task(self._send(batch))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.sleep(tick)
+        if pending:
+            await asyncio.gather(*pending)
+        return sent
+
+    async def finish(self, runs: list[RunRecord]) -> None:
+        for i in range(0, len(runs), 50):
+            await asyncio.gather(
+                *(self.lifecycle.finish(r, RunStatus.COMPLETED) for r in runs[i : i + 50])
+            )
+        if self.publish:
+            for run in runs:
+                [(eid, f)] = await self.redis.xrevrange(self.log_key(run), count=1)
+                seq = int(eid.partition(b"-")[2])
+                msg = b'{"id":%d,"type":"%s","event":%s}' % (seq, f[b"t"], f[b"d"])
+                await self.redis.publish(self.log_key(run), msg)
