@@ -25,7 +25,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from shared.broker.base import Broker
-from shared.errors import AppendRefused, NotFound, PublishFailed
+from shared.errors import AppendRefused, BackendUnavailable, NotFound, PublishFailed
 from shared.models import RunRecord, RunRequestMessage, RunStatus
 from shared.runtime import Runtime
 from workers import metrics
@@ -140,6 +140,13 @@ class Execution:
             # Waiting for an external completion: no terminal event, the lease stops.
             self.outcome = "delegated"
             log.info("run %s: %s; waiting", run.run_id, exc)
+            return None
+        except BackendUnavailable as exc:
+            # The event log failed, not the tool: a terminal append now could only record
+            # "Redis unavailable" as the run's result. End nothing here; the lease runs out
+            # and the reaper gives the run to the next attempt once Redis answers again.
+            self.outcome = "lost"
+            log.warning("run %s: attempt abandoned, backend unavailable: %s", run.run_id, exc)
             return None
         except Exception as exc:
             log.info("run %s: tool %s raised %r", run.run_id, run.tool, exc)
