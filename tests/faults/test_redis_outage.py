@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import pytest
 
-from tests.faults.conftest import ALICE, MakeStack
+from shared.runtime import Runtime
+from shared.settings import Settings
+from tests.faults.conftest import ALICE, TOKENS, MakeStack
 from tests.faults.invariants import delivered_once, run_ended_once
 from tests.faults.rawsse import read_stream
+from tests.support.proxy import FaultProxy
 from tests.support.redis_node import ThrowawayRedis
 from tests.support.wait import wait_for
+from workers.worker import Worker
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -107,3 +113,36 @@ async def test_the_sdk_surfaces_a_clear_error_when_redis_stays_away(make_stack: 
                 # The server's error frame is a reason to reconnect, not an event of the run.
                 assert "error" not in seen, seen
                 await events.aclose()
+
+
+async def test_a_redis_stall_shorter_than_the_lease_does_not_fail_the_run(
+    make_stack: MakeStack, make_settings: Callable[..., Settings]
+) -> None:
+    """The worker's Redis goes silent (a stalled proxy: no error, no answer) for longer
+    than a command's 5 s timeout; the tool's append times out. That is the backend's
+    failure, not the tool's: the run must not end `failed` with a Redis error once Redis
+    answers again — the attempt is abandoned and the reaper retries it."""
+    async with make_stack(worker=False, lease_s=3.0) as stack:
+        settings = stack.runtime.settings
+        assert settings.redis_url is not None
+        redis_port = urlsplit(settings.redis_url).port or 6379
+        async with FaultProxy(redis_port) as proxy:
+            worker_settings = make_settings(
+                redis_url=f"redis://127.0.0.1:{proxy.port}/0", lease_s=3.0, api_tokens=TOKENS
+            )
+            worker = Worker(Runtime.build(worker_settings), owns_runtime=True)
+            await worker.start()
+            try:
+                run_id = await stack.create("countdown", {"seconds": 2, "interval_s": 0.1})
+                await wait_for(lambda: run_id in worker.executions, timeout=10)
+                proxy.stall()
+                await asyncio.sleep(6.5)  # the stall itself: past the 5 s command timeout
+                proxy.resume()
+                await stack.ended(run_id, timeout=30)
+                log = await run_ended_once(stack.runtime, run_id)
+                assert log[-1]["type"] == "run.completed", log[-3:]
+                assert [e["data"]["reason"] for e in log if e["type"] == "run.retrying"] == [
+                    "worker_lost"
+                ]
+            finally:
+                await worker.stop(grace_s=0)
