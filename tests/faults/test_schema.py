@@ -2,8 +2,8 @@
 
 Bounded: ``RUNRELAY_FAULT_SCHEMA_EXAMPLES`` examples per operation (default 12) and a
 time budget. Streams are included: the API runs with a 2 s connection cap, so every
-SSE response ends by itself. The checks: no 5xx, and every response conforms to
-the schema where the schema is complete (see `CHECKS`).
+SSE response ends by itself. The check: no 5xx (and no traceback in the API's log).
+Conformance to the schema is not checked yet: see `CHECKS`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ EXAMPLES = os.environ.get("RUNRELAY_FAULT_SCHEMA_EXAMPLES", "12")
 CHECKS = "not_a_server_error"
 
 
-async def test_no_5xx_and_schema_conformant_answers_for_generated_requests(
+async def test_generated_requests_never_get_a_5xx(
     make_settings: Callable[..., Settings], processes: Processes, tmp_path: Path
 ) -> None:
     settings = make_settings()
