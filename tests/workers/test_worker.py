@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -87,21 +87,25 @@ async def _queue_empty(worker: Worker) -> bool:
 
 async def test_a_malformed_message_is_dead_lettered_with_a_reason(real: Worker) -> None:
     runtime = real.runtime
-    await runtime.broker.publish_run(b"{not json")
-    await runtime.broker.publish_run(b'{"run_id": "run_missing", "attempt": 1}')
+    # Unique bodies: the vhost is shared by the session, so other tests' dead letters
+    # may be in the queue too.
+    tag = uuid.uuid4().hex
+    malformed = b"{not json " + tag.encode()
+    unknown = b'{"run_id": "run_missing_%s", "attempt": 1}' % tag.encode()
+    await runtime.broker.publish_run(malformed)
+    await runtime.broker.publish_run(unknown)
     after = await submit(runtime, "story", {"prompt": "p", "paragraphs": 1, "delay_ms": 0})
 
     await wait_status(runtime, after, "completed")
-    letters: list[Any] = []
+    reasons: dict[bytes, str] = {}
 
     async def both_dead() -> bool:
-        letters.extend(await runtime.broker.take_dead_letters(10))
-        return len(letters) >= 2
+        reasons.update((d.body, d.reason) for d in await runtime.broker.take_dead_letters(100))
+        return malformed in reasons and unknown in reasons
 
-    await wait_for(both_dead, timeout=10)
-    reasons = {letter.body: letter.reason for letter in letters}
-    assert reasons[b"{not json"].startswith("malformed run message")
-    assert reasons[b'{"run_id": "run_missing", "attempt": 1}'] == "unknown run: run_missing"
+    await wait_for(both_dead, timeout=10, message="our two messages never reached runrelay.dead")
+    assert reasons[malformed].startswith("malformed run message")
+    assert reasons[unknown] == f"unknown run: run_missing_{tag}"
 
 
 async def test_cancelling_a_queued_run_means_it_never_starts(real: Worker) -> None:
