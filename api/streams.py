@@ -114,7 +114,8 @@ class _Stream:
                 break
         metrics.EVENTS_SENT.inc(sent)
         caught_up = upto is not None and self.cursor >= upto
-        return caught_up or self.done or len(page.events) < limit
+        # At the log's last id the page was the rest: no second read just to see it empty.
+        return caught_up or self.done or len(page.events) < limit or self.cursor >= page.last_id
 
     def report_gap(self, parts: list[bytes], last_missing: int) -> None:
         parts.append(self.fmt.gap(self.cursor + 1, last_missing))

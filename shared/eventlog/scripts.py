@@ -106,17 +106,6 @@ end
 return {ok and 1 or 0, redis.call('HGETALL', KEYS[1])}
 """
 
-# KEYS: log.  ARGV: after, limit.  Returns {entries, first id, last id}.
-READ = """
-local entries = redis.call('XRANGE', KEYS[1], '(0-' .. ARGV[1], '+', 'COUNT', ARGV[2])
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local f = '0-0'
-local l = '0-0'
-if first[1] then f = first[1][1] end
-if last[1] then l = last[1][1] end
-return {entries, f, l}
-"""
 
 # KEYS: topic, topic log.  ARGV: type, body, ttl, maxlen.
 APPEND_TOPIC = """
