@@ -182,10 +182,15 @@ async def _commandstats(r: aioredis.Redis) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
 
 
+async def _redis_cpu(r: aioredis.Redis) -> float:
+    info = await r.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
 async def storm(ctx: Ctx, n_runs: int, per_run: int, behind: int) -> dict[str, Any]:
     """n_runs x per_run clients reconnect at once, each `behind` events behind."""
     prefix = _prefix()
-    with spawn("runrelay", prefix, ctx.redis_url) as (port, _pid):
+    with spawn("runrelay", prefix, ctx.redis_url) as (port, pid):
         prod = Producer(ctx.redis_url, prefix)
         fleet = Fleet(port)
         try:
@@ -199,15 +204,22 @@ async def storm(ctx: Ctx, n_runs: int, per_run: int, behind: int) -> dict[str, A
                     headers.append({"Last-Event-ID": str(last - behind)})
                     targets.append(last)
             before = await _commandstats(prod.redis)
+            redis_cpu0 = await _redis_cpu(prod.redis)
+            cpu0, own0 = cpu_s(pid), time.process_time()
             t0 = time.perf_counter()
             clients = await fleet.connect(
                 paths, headers=headers, target=targets, wave=len(paths), wait=False
             )
             await fleet.all_done(120)
             elapsed = time.perf_counter() - t0
+            cpu, own = cpu_s(pid) - cpu0, time.process_time() - own0
+            redis_cpu = await _redis_cpu(prod.redis) - redis_cpu0
             after = await _commandstats(prod.redis)
             ends = sorted(c.caught_up_at - t0 for c in clients)
             ok = sum(1 for c in clients if c.last_id == last and c.received == behind)
+            statuses: dict[int, int] = {}
+            for c in clients:
+                statuses[c.status] = statuses.get(c.status, 0) + 1
             await prod.finish(runs)
         finally:
             fleet.close()
@@ -219,6 +231,8 @@ async def storm(ctx: Ctx, n_runs: int, per_run: int, behind: int) -> dict[str, A
         "seconds": elapsed,
         "p50": statistics.median(ends),
         "ok": ok,
+        "statuses": statuses,
+        "cpu": {"server": cpu, "clients": own, "redis": redis_cpu},
         "commands": sum(delta.values()),
         "by_command": dict(sorted(delta.items(), key=lambda kv: -kv[1])[:4]),
     }

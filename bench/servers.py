@@ -47,7 +47,7 @@ def client_name(prefix: str) -> str:
 
 def serve_runrelay(port: int, prefix: str, redis_url: str, heartbeat_s: float) -> None:
     from api.app import create_app
-    from api.server import build_server
+    from api.server import build_server, tune_gc
     from shared.broker.memory import MemoryBroker
     from shared.eventlog.redis import RedisEventLog
     from shared.lifecycle import Runs
@@ -68,6 +68,8 @@ def serve_runrelay(port: int, prefix: str, redis_url: str, heartbeat_s: float) -
     runtime = Runtime(settings, log, MemoryBroker(), Runs(log), embedded=False)
     app = create_app(runtime, allow_open=True)
     server = build_server(app, "127.0.0.1", port, log_level="warning")
+    if not os.environ.get("BENCH_NO_GC_TUNING"):  # for before/after figures
+        tune_gc()  # as `runrelay api` (api.server.serve) does
     server.config.backlog = 4096
     profile = os.environ.get("BENCH_PROFILE")  # cProfile of the server, written at exit
     if profile:
