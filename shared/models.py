@@ -61,14 +61,13 @@ class Page(NamedTuple):
     last_id: int  # newest id ever appended, 0 when none
 
 
-class RunRecord(BaseModel):
-    """The run as clients see it (`GET /v1/runs/{id}`)."""
+class PublicRun(BaseModel):
+    """The run as its owner sees it (`GET /v1/runs/{id}`)."""
 
     model_config = ConfigDict(frozen=True)
 
     run_id: str
     session_id: str
-    owner: str
     tool: str
     input: dict[str, Any]
     status: RunStatus
@@ -81,6 +80,12 @@ class RunRecord(BaseModel):
     error: str | None = None
     worker: str | None = None
     cancel_requested: bool = False
+
+
+class RunRecord(PublicRun):
+    """The stored run: what its owner sees, plus who that is."""
+
+    owner: str
 
     @property
     def terminal(self) -> bool:
