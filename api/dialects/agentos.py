@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from api.deps import ApiState, Owner, State
 from api.dialects.common import epoch_s, sse_data, start_run, stream_response
+from api.openapi import SSE, errors
 from api.responses import JSONResponse
 from api.streams import StreamFormat, event_stream
 from shared.errors import BadCursor, NotFound
@@ -207,7 +208,7 @@ def _summary(kind: Kind, spec_id: str, spec: AgentSpec, run: RunRecord) -> dict[
 def _register(kind: Kind) -> None:
     base = f"/{kind}s"
 
-    @router.get(base, name=f"list_{kind}s")
+    @router.get(base, name=f"list_{kind}s", responses=errors(401))
     async def listing(state: State, owner: Owner) -> list[dict[str, Any]]:
         return [
             {"id": spec_id, "name": spec.name, "description": spec.description, "tool": spec.tool}
@@ -217,7 +218,19 @@ def _register(kind: Kind) -> None:
     @router.post(
         base + "/{spec_id}/runs",
         name=f"create_{kind}_run",
-        responses={200: {"content": {"text/event-stream": {}}}},
+        responses=errors(400, 401, 404, 409, 413, 422, 429, 503)
+        | {
+            200: {
+                "description": "The ended run's summary with its `content`; with `stream`, "
+                "its events as `event: <Name>` SSE",
+                "content": SSE[200]["content"],
+            },
+            202: {
+                "description": "`background`, or not ended within a connection's age: "
+                "the run's summary",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+        },
     )
     async def create(
         spec_id: str,
@@ -267,7 +280,8 @@ def _register(kind: Kind) -> None:
     @router.post(
         base + "/{spec_id}/runs/{run_id}/resume",
         name=f"resume_{kind}_run",
-        responses={200: {"content": {"text/event-stream": {}}}},
+        response_class=Response,  # the answers are all in `responses`
+        responses=SSE | errors(400, 401, 404, 413, 422, 429, 503),
     )
     async def resume(
         spec_id: str,
@@ -310,7 +324,11 @@ def _register(kind: Kind) -> None:
             before = meta("catch_up", run, missed_events=total - cursor, current_event_count=total)
         return stream_response(state, owner, _run_key(state, run), cursor, fmt, before=before)
 
-    @router.get(base + "/{spec_id}/runs/{run_id}", name=f"get_{kind}_run")
+    @router.get(
+        base + "/{spec_id}/runs/{run_id}",
+        name=f"get_{kind}_run",
+        responses=errors(401, 404, 422, 503),
+    )
     async def status(spec_id: str, run_id: str, state: State, owner: Owner) -> dict[str, Any]:
         spec = _spec(_specs(state, kind), kind, spec_id)
         run = await _owned_run(state, owner, kind, spec, run_id, None)

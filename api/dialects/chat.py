@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from api.deps import ApiState, Owner, State
 from api.dialects.common import sse_data, stream_response
+from api.openapi import SSE, STREAM_ENDED, errors
 from api.operations import Completion, accept_completion
 from api.routes.operations import internal_caller
 from api.streams import StreamFormat
@@ -209,7 +210,11 @@ async def _fold(state: ApiState, run: RunRecord, key: str, cursor: int) -> Messa
     return message
 
 
-@router.get("/tasks/{task_id}/stream", responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/tasks/{task_id}/stream",
+    response_class=Response,  # the answers are all in `responses`
+    responses=SSE | STREAM_ENDED | errors(400, 401, 404, 422, 429, 503),
+)
 async def task_stream(
     task_id: str,
     request: Request,
@@ -235,7 +240,7 @@ async def task_stream(
     )
 
 
-@router.get("/tasks/{task_id}")
+@router.get("/tasks/{task_id}", responses=errors(401, 404, 422, 503))
 async def task_status(task_id: str, state: State, owner: Owner) -> dict[str, Any]:
     run = await state.runtime.runs.get(task_id, owner)
     return {
@@ -251,7 +256,11 @@ async def task_status(task_id: str, state: State, owner: Owner) -> dict[str, Any
     }
 
 
-@router.post("/operations/{operation_id}/complete", dependencies=[Depends(internal_caller)])
+@router.post(
+    "/operations/{operation_id}/complete",
+    dependencies=[Depends(internal_caller)],
+    responses=errors(400, 401, 404, 413, 422, 503),
+)
 async def complete_operation(operation_id: str, body: Completion, state: State) -> dict[str, str]:
     """The same webhook as ``POST /v1/operations/{operation_id}/complete`` (``X-API-Key``)."""
     return await accept_completion(state.runtime, operation_id, body)

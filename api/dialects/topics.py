@@ -21,6 +21,7 @@ from starlette.responses import Response
 from api.cursors import check_cursor, requested_cursor
 from api.deps import Owner, State
 from api.dialects.common import stream_response
+from api.openapi import SSE, errors
 from api.responses import JSONResponse
 from api.streams import NATIVE
 from shared.errors import BadRequest
@@ -40,13 +41,21 @@ class Publish(BaseModel):
     data: Any = None
 
 
+class Published(BaseModel):
+    id: int = Field(description="the event's id: its SSE `id:` and a cursor")
+
+
 def _check_topic(topic: str) -> str:
     if not valid_id(topic):
         raise BadRequest("topic must be 1-128 of A-Z a-z 0-9 . _ : -", "topic")
     return topic
 
 
-@router.post("/v1/topics/{topic}/events", status_code=201)
+@router.post(
+    "/v1/topics/{topic}/events",
+    status_code=201,
+    responses=errors(400, 401, 413, 422, 503) | {201: {"model": Published}},
+)
 async def publish(topic: str, body: Publish, state: State, owner: Owner) -> Response:
     """Append one event to the caller's topic; answers its id (the SSE id / cursor)."""
     _check_topic(topic)
@@ -61,7 +70,11 @@ async def publish(topic: str, body: Publish, state: State, owner: Owner) -> Resp
     return JSONResponse({"id": event_id}, status_code=201)
 
 
-@router.get("/stream", responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/stream",
+    response_class=Response,  # the answers are all in `responses`
+    responses=SSE | errors(400, 401, 422, 429, 503),
+)
 async def topic_stream(
     request: Request, state: State, owner: Owner, topic: Annotated[str, Query()]
 ) -> Response:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header
 
 from api.deps import State
+from api.openapi import errors
 from api.operations import Completion, accept_completion, check_api_key
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
@@ -19,7 +20,11 @@ async def internal_caller(
     check_api_key(state.runtime.settings, x_api_key)
 
 
-@router.post("/{operation_id}/complete", dependencies=[Depends(internal_caller)])
+@router.post(
+    "/{operation_id}/complete",
+    dependencies=[Depends(internal_caller)],
+    responses=errors(400, 401, 404, 413, 422, 503),
+)
 async def complete_operation(operation_id: str, body: Completion, state: State) -> dict[str, str]:
     """Report the result of a delegated operation: 200 once accepted (a repeat changes nothing).
 

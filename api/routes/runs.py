@@ -13,10 +13,11 @@ from starlette.responses import Response
 from api import metrics
 from api.cursors import check_cursor, requested_cursor
 from api.deps import ApiState, Owner, State
+from api.openapi import SSE, STREAM_ENDED, errors
 from api.responses import JSONResponse
 from api.streams import EventStreamResponse, event_stream
 from shared.errors import AppendRefused, BackendUnavailable, PublishFailed
-from shared.models import RunRecord, RunRequestMessage, RunStatus
+from shared.models import PublicRun, RunRecord, RunRequestMessage, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -35,6 +36,36 @@ class CreateRun(BaseModel):
     stream: bool = Field(default=False, description="answer with the run's SSE stream")
 
 
+class RunCreated(BaseModel):
+    """The 202 of ``POST /v1/runs``: where the run's events are."""
+
+    run_id: str
+    session_id: str
+    status: RunStatus
+    events_url: str
+
+
+class RunList(BaseModel):
+    runs: list[PublicRun] = Field(description="newest first")
+
+
+class Gap(BaseModel):
+    from_: int = Field(alias="from")
+    to: int
+
+
+class EventsPage(BaseModel):
+    """``Accept: application/json`` on a run's events: the events after the cursor."""
+
+    events: list[dict[str, Any]] = Field(description="native events, oldest first")
+    next_cursor: int = Field(description="the cursor of the next poll")
+    first_id: int = Field(description="oldest id the log still holds, 0 when none")
+    last_id: int = Field(description="newest id, 0 when none")
+    status: RunStatus
+    has_more: bool
+    gap: Gap | None = Field(description="ids gone from the log before these events")
+
+
 def events_url(run_id: str) -> str:
     return f"/v1/runs/{run_id}/events"
 
@@ -47,7 +78,11 @@ def _run_stream(state: ApiState, owner: str, run: RunRecord, cursor: int) -> Res
     return EventStreamResponse(body, on_close=release)
 
 
-@router.post("", status_code=202)
+@router.post(
+    "",
+    status_code=202,
+    responses={202: {"model": RunCreated}} | SSE | errors(400, 401, 409, 413, 422, 429, 503),
+)
 async def create_run(
     body: CreateRun,
     state: State,
@@ -86,7 +121,7 @@ async def create_run(
     )
 
 
-@router.get("")
+@router.get("", response_model=RunList, responses=errors(401, 422, 503))
 async def list_runs(
     state: State,
     owner: Owner,
@@ -99,13 +134,13 @@ async def list_runs(
     return {"runs": [run.public() for run in found]}
 
 
-@router.get("/{run_id}")
+@router.get("/{run_id}", response_model=PublicRun, responses=errors(401, 404, 422, 503))
 async def get_run(run_id: str, state: State, owner: Owner) -> dict[str, Any]:
     run = await state.runtime.runs.get(run_id, owner)
     return run.public()
 
 
-@router.post("/{run_id}/cancel")
+@router.post("/{run_id}/cancel", response_model=PublicRun, responses=errors(401, 404, 422, 503))
 async def cancel_run(run_id: str, state: State, owner: Owner) -> dict[str, Any]:
     """Idempotent: a run that already ended is returned as it is."""
     runs = state.runtime.runs
@@ -115,7 +150,10 @@ async def cancel_run(run_id: str, state: State, owner: Owner) -> dict[str, Any]:
 
 @router.get(
     "/{run_id}/events",
-    responses={200: {"content": {"text/event-stream": {}, "application/json": {}}}},
+    response_class=Response,  # the answers are all in `responses`
+    responses={200: SSE[200] | {"model": EventsPage}}
+    | STREAM_ENDED
+    | errors(400, 401, 404, 422, 429, 503),
 )
 async def run_events(
     run_id: str,

@@ -6,15 +6,29 @@ from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 from api.deps import Owner, State
+from api.openapi import errors
 
 router = APIRouter(prefix="/v1", tags=["status"])
 
 _RECENT_RUNS = 1000
 
 
-@router.get("/status")
+class Queue(BaseModel):
+    name: str
+    messages: int
+    consumers: int
+
+
+class Status(BaseModel):
+    queues: list[Queue]
+    workers: list[dict[str, Any]]
+    runs_by_status: dict[str, int]
+
+
+@router.get("/status", response_model=Status, responses=errors(401, 503))
 async def status(state: State, owner: Owner) -> dict[str, Any]:
     runtime = state.runtime
     queues = await runtime.broker.stats()
