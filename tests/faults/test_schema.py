@@ -2,8 +2,8 @@
 
 Bounded: ``RUNRELAY_FAULT_SCHEMA_EXAMPLES`` examples per operation (default 12) and a
 time budget. Streams are included: the API runs with a 2 s connection cap, so every
-SSE response ends by itself. The check: no 5xx (and no traceback in the API's log).
-Conformance to the schema is not checked yet: see `CHECKS`.
+SSE response ends by itself. The checks: no 5xx (and no traceback in the API's log),
+and every answer is one the schema declares: its status, its content type, its body.
 """
 
 from __future__ import annotations
@@ -24,12 +24,17 @@ from tests.support.procs import Processes
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 EXAMPLES = os.environ.get("RUNRELAY_FAULT_SCHEMA_EXAMPLES", "12")
-# Conformance checks are not enforced yet: the schema does not declare the error answers
-# (401/404/422 bodies) nor the SSE content types; see docs/reliability.md.
-CHECKS = "not_a_server_error"
+CHECKS = ",".join(
+    (
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_schema_conformance",
+    )
+)
 
 
-async def test_generated_requests_never_get_a_5xx(
+async def test_generated_requests_get_declared_answers_never_a_5xx(
     make_settings: Callable[..., Settings], processes: Processes, tmp_path: Path
 ) -> None:
     settings = make_settings()
