@@ -108,10 +108,13 @@ async def latency(
                 )
                 await asyncio.sleep(1.0)
                 lat.clear()
-                cpu0 = cpu_s(pid)
+                cpu0, own0 = cpu_s(pid), time.process_time()
+                redis0 = await _redis_cpu(prod.redis)
                 sent = await prod.steady(runs, rate, seconds)
                 await asyncio.sleep(0.3)
                 busy = (cpu_s(pid) - cpu0) / (seconds + 0.3)
+                own = (time.process_time() - own0) / (seconds + 0.3)
+                redis_busy = (await _redis_cpu(prod.redis) - redis0) / (seconds + 0.3)
                 await prod.finish(runs)
                 await fleet.all_done(60)
                 fleet.close()
@@ -124,6 +127,8 @@ async def latency(
                         "p99": pct(lat, 0.99),
                         "max": max(lat),
                         "busy": busy,
+                        "client_busy": own,
+                        "redis_busy": redis_busy,
                     }
                 )
         finally:
