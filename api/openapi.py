@@ -4,6 +4,7 @@
         "/v1/x/{x_id}/events",
         response_class=Response,  # no JSON default: every answer is listed in `responses`
         responses=SSE | STREAM_ENDED | errors(400, 401, 404, 429, 503),
+        openapi_extra=CURSOR,  # read by the handler, declared for clients
     )
 
 Every error answer is `ErrorBody` (``api.responses.error_response``), the 422 of a
@@ -65,6 +66,24 @@ SSE: Responses = {
         "and `: ping` heartbeats; the server closes after the end or at connection age",
         "content": {"text/event-stream": {"itemSchema": _SSE_EVENT}},
     }
+}
+
+# `api.cursors.requested_cursor` reads the cursor off the request itself, so that a bad
+# one is a 400 naming where it came from: these declare it (``openapi_extra=CURSOR``).
+_EVENT_ID = {"type": "integer", "minimum": 0}
+CURSOR: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "schema": _EVENT_ID,
+            "description": "resume after this event id (wins over the query)",
+        },
+        *(
+            {"name": name, "in": "query", "schema": _EVENT_ID, "description": "resume after"}
+            for name in ("after", "since_id", "last_event_id")
+        ),
+    ]
 }
 
 STREAM_ENDED: Responses = {

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from api.cursors import check_cursor, requested_cursor
 from api.deps import Owner, State
 from api.dialects.common import stream_response
-from api.openapi import SSE, errors
+from api.openapi import CURSOR, SSE, errors
 from api.responses import JSONResponse
 from api.streams import NATIVE
 from shared.errors import BadRequest
@@ -74,6 +74,7 @@ async def publish(topic: str, body: Publish, state: State, owner: Owner) -> Resp
     "/stream",
     response_class=Response,  # the answers are all in `responses`
     responses=SSE | errors(400, 401, 422, 429, 503),
+    openapi_extra=CURSOR,
 )
 async def topic_stream(
     request: Request, state: State, owner: Owner, topic: Annotated[str, Query()]

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from api import metrics
 from api.cursors import check_cursor, requested_cursor
 from api.deps import ApiState, Owner, State
-from api.openapi import SSE, STREAM_ENDED, errors
+from api.openapi import CURSOR, SSE, STREAM_ENDED, errors
 from api.responses import JSONResponse
 from api.streams import EventStreamResponse, event_stream
 from shared.errors import AppendRefused, BackendUnavailable, PublishFailed
@@ -81,7 +81,7 @@ def _run_stream(state: ApiState, owner: str, run: RunRecord, cursor: int) -> Res
 @router.post(
     "",
     status_code=202,
-    responses={202: {"model": RunCreated}} | SSE | errors(400, 401, 409, 413, 422, 429, 503),
+    responses={202: {"model": RunCreated}} | SSE | errors(400, 401, 404, 409, 413, 422, 429, 503),
 )
 async def create_run(
     body: CreateRun,
@@ -154,6 +154,7 @@ async def cancel_run(run_id: str, state: State, owner: Owner) -> dict[str, Any]:
     responses={200: SSE[200] | {"model": EventsPage}}
     | STREAM_ENDED
     | errors(400, 401, 404, 422, 429, 503),
+    openapi_extra=CURSOR,
 )
 async def run_events(
     run_id: str,

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from api.cursors import check_cursor, requested_cursor
 from api.deps import Owner, State
-from api.openapi import SSE, errors
+from api.openapi import CURSOR, SSE, errors
 from api.streams import EventStreamResponse, event_stream
 from shared.errors import NotFound
 from shared.models import valid_id
@@ -19,6 +19,7 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
     "/{session_id}/events",
     response_class=Response,  # the answers are all in `responses`
     responses=SSE | errors(400, 401, 404, 422, 429, 503),
+    openapi_extra=CURSOR,
 )
 async def session_events(session_id: str, request: Request, state: State, owner: Owner) -> Response:
     """SSE over every run of the session; it ends only when the connection ages out."""
