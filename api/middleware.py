@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
@@ -98,8 +99,21 @@ def redacted_query(query: bytes) -> str:
     return urlencode([(k, _REDACTED if k == "access_token" else v) for k, v in pairs])
 
 
+class Detached(Protocol):
+    """A response that finishes after the app returns (an event stream's long phase)."""
+
+    async def serve(self, receive: Receive, send: Send) -> None: ...
+
+    def abandon(self) -> None: ...
+
+
 class AccessLog:
-    """One line per request: method, path, redacted query, status, duration."""
+    """One line per request: method, path, redacted query, status, duration.
+
+    Being outermost, it also runs detached responses (see api.streams.DETACH): an event
+    stream sends its start through the app, hands itself over here and returns, so the
+    app's frames are freed while the stream stays open for minutes.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -110,8 +124,10 @@ class AccessLog:
             return
         # Event streams write their bodies here directly (see api.streams.RAW_SEND).
         scope["runrelay.send"] = send
+        detached: list[Detached] = []
+        scope["runrelay.detach"] = detached.append
         if not access_log.isEnabledFor(logging.INFO):
-            await self.app(scope, receive, send)
+            await self._run(scope, receive, send, send, detached)
             return
         started = time.perf_counter()
         status = 0
@@ -123,7 +139,7 @@ class AccessLog:
             await send(msg)
 
         try:
-            await self.app(scope, receive, record_send)
+            await self._run(scope, receive, record_send, send, detached)
         finally:
             query = redacted_query(scope.get("query_string", b""))
             path = scope["path"] + (f"?{query}" if query else "")
@@ -136,3 +152,22 @@ class AccessLog:
                 status,
                 (time.perf_counter() - started) * 1000,
             )
+
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, raw_send: Send, detached: list[Detached]
+    ) -> None:
+        own = set(scope)
+        try:
+            await self.app(scope, receive, send)
+        except BaseException:
+            for response in detached:
+                response.abandon()
+            raise
+        if detached:
+            # What the framework left in the scope (its exit stacks, route, telemetry) is
+            # done with; the scope itself lives as long as the connection.
+            for key in [k for k in scope if k not in own]:
+                del scope[key]
+        del own  # this frame lives as long as the stream
+        for response in detached:
+            await response.serve(receive, raw_send)

@@ -36,6 +36,7 @@ from shared.settings import Settings
 
 PAGE = 500
 RAW_SEND = "runrelay.send"  # scope key: the server's own `send`, set by AccessLog
+DETACH = "runrelay.detach"  # scope key: where a stream hands over its long phase (AccessLog)
 log = logging.getLogger(__name__)
 
 
@@ -197,16 +198,15 @@ class _Stream:
             if self.timer is None:
                 self.timer = self.loop.call_at(wake_at, self.tick)
             self.sub = sub
-            await sub.ready.wait()
+            await sub.wait()
             if sub.frames or sub.overflowed or sub.closed:
                 return False
-            sub.ready.clear()  # the timer woke us: nothing queued
         return self.loop.time() >= due and not self.aged()
 
     def tick(self) -> None:
         self.timer = None
         if self.sub is not None:
-            self.sub.ready.set()
+            self.sub.wake()
 
     def stop_timer(self) -> None:
         if self.timer is not None:
@@ -298,13 +298,34 @@ class EventStreamResponse(StreamingResponse):
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The body is written by its own task, straight to the server's `send` (stashed by
-        # api.middleware.AccessLog): waking a stream for each event then resumes a few
-        # frames, not the whole middleware and routing stack this task sits under. This
-        # task meanwhile waits for the client to leave, so an idle stream lets go at once.
+        # The start goes through the middleware, so the access log records the status.
+        start = {"type": "http.response.start", "status": self.status_code}
+        try:
+            await send({**start, "headers": self.raw_headers})
+        except BaseException:
+            self._on_close()
+            raise
+        detach = scope.get(DETACH)
+        if detach is not None:
+            # The long phase runs in the outermost middleware (api.middleware.AccessLog)
+            # once the app returns: the routing, dependency and middleware frames this
+            # call sits under are freed instead of held by every open stream (~10 KB).
+            detach(self)
+            return
+        await self.serve(receive, scope.get(RAW_SEND, send))
+
+    def abandon(self) -> None:
+        """The app failed after detaching: the stream never runs, its slot is given back."""
+        self._on_close()
+
+    async def serve(self, receive: Receive, send: Send) -> None:
+        """Write the body to `send` (the server's own) until it ends or the client leaves."""
+        # The body is written by its own task: waking a stream for each event then resumes
+        # a few frames only. This task meanwhile waits for the client to leave, so an idle
+        # stream lets go at once.
         current = asyncio.current_task()
         assert current is not None
-        pump = asyncio.create_task(self._pump(send, scope.get(RAW_SEND, send)))
+        pump = asyncio.create_task(self._pump(send))
         listening = True
 
         def pumped(_: asyncio.Task[None]) -> None:
@@ -326,14 +347,11 @@ class EventStreamResponse(StreamingResponse):
                 await self._body.aclose()  # type: ignore[attr-defined]
             self._on_close()
 
-    async def _pump(self, send: Send, raw_send: Send) -> None:
-        # The start goes through the middleware, so the access log records the status.
-        start = {"type": "http.response.start", "status": self.status_code}
-        await send({**start, "headers": self.raw_headers})
+    async def _pump(self, send: Send) -> None:
         try:
             async for chunk in self._body:
-                await raw_send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await raw_send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # the client went away mid-write
         except Exception:

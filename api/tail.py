@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import deque
 from typing import NamedTuple
 
 from api import metrics, sse
@@ -50,40 +49,58 @@ class Frame(NamedTuple):
 
 
 class Subscription:
-    """One stream's mailbox at the hub. Only the hub pushes; only its stream takes."""
+    """One stream's mailbox at the hub. Only the hub pushes; only its stream takes.
 
-    __slots__ = ("_capacity", "closed", "error", "frames", "key", "overflowed", "ready")
+    Idle streams are most of a process's connections, so this holds little: a list
+    and, only while its stream waits, one future.
+    """
+
+    __slots__ = ("_capacity", "_waiter", "closed", "error", "frames", "key", "overflowed")
 
     def __init__(self, key: str, capacity: int) -> None:
         self.key = key
-        self.frames: deque[Frame] = deque()
-        self.ready = asyncio.Event()
+        self.frames: list[Frame] = []
         self.overflowed = False  # detached by the hub: read the log, then subscribe again
         self.closed = False  # the hub is shutting down: finish what is queued, then end
         self.error: BackendUnavailable | None = None
         self._capacity = capacity
+        self._waiter: asyncio.Future[None] | None = None
 
     def push(self, frames: list[Frame]) -> bool:
         """Queue frames; False (and detached) when the buffer would overflow."""
         if len(self.frames) + len(frames) > self._capacity:
             self.overflowed = True
-            self.frames.clear()  # the log has them; the stream re-reads from its cursor
-            self.ready.set()
+            self.frames = []  # the log has them; the stream re-reads from its cursor
+            self.wake()
             return False
         self.frames.extend(frames)
-        self.ready.set()
+        self.wake()
         return True
 
     def take(self) -> list[Frame]:
-        frames = list(self.frames)
-        self.frames.clear()
-        self.ready.clear()
+        frames, self.frames = self.frames, []
         return frames
 
     def end(self, error: BackendUnavailable | None = None) -> None:
         self.closed = True
         self.error = error
-        self.ready.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Resume the stream waiting in `wait` (a heartbeat being due does this too)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Return once frames are queued, the subscription ended, or `wake` is called."""
+        if self.frames or self.overflowed or self.closed:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
 
 class _Follow:
