@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
@@ -85,7 +86,7 @@ class _Stream:
         self.deadline = self.loop.time() + settings.max_connection_s
         self.last_sent = self.loop.time()
         self.done = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.wake_at = 0.0
         self.sub: Subscription | None = None
 
     def aged(self) -> bool:
@@ -184,7 +185,6 @@ class _Stream:
                 if self.done or self.aged():
                     return
         finally:
-            self.stop_timer()
             self.sub = None
             self.hub.unsubscribe(sub)
 
@@ -193,25 +193,21 @@ class _Stream:
         due = self.last_sent + self.heartbeat_s
         wake_at = min(due, self.deadline)
         if self.loop.time() < wake_at:
-            # One timer per heartbeat period, not one per wait: a timer armed for an older
-            # `due` just wakes us early once and is re-armed. Per-event waits stay cheap.
-            if self.timer is None:
-                self.timer = self.loop.call_at(wake_at, self.tick)
+            self.wake_at = wake_at
             self.sub = sub
-            await sub.wait()
+            beats = _heartbeats(self.loop)
+            beats.add(self)
+            try:
+                await sub.wait()
+            finally:
+                beats.discard(self)
             if sub.frames or sub.overflowed or sub.closed:
                 return False
         return self.loop.time() >= due and not self.aged()
 
-    def tick(self) -> None:
-        self.timer = None
+    def wake(self) -> None:
         if self.sub is not None:
             self.sub.wake()
-
-    def stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     async def live(self, frames: list[Frame]) -> bytes:
         # Everything queued goes out as one chunk: one write for a burst.
@@ -234,6 +230,48 @@ class _Stream:
                 break
         metrics.EVENTS_SENT.inc(sent)
         return b"".join(parts)
+
+
+class _Heartbeats:
+    """One ticker per event loop wakes the waiting streams whose heartbeat (or maximum
+    age) is due: no timer per connection, and nothing at all while no stream waits."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[_Stream, None] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, stream: _Stream) -> None:
+        self._waiting[stream] = None
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def discard(self, stream: _Stream) -> None:
+        self._waiting.pop(stream, None)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                # A quarter of the shortest period (at most 1 s): pings are that late at most.
+                period = min(stream.heartbeat_s for stream in self._waiting)
+                await asyncio.sleep(min(1.0, period / 4))
+                now = loop.time()
+                for stream in [s for s in self._waiting if s.wake_at <= now]:
+                    stream.wake()
+        finally:
+            self._task = None
+
+
+_HEARTBEATS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Heartbeats] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _heartbeats(loop: asyncio.AbstractEventLoop) -> _Heartbeats:
+    beats = _HEARTBEATS.get(loop)
+    if beats is None:
+        beats = _HEARTBEATS[loop] = _Heartbeats()
+    return beats
 
 
 def event_stream(
