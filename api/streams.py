@@ -97,7 +97,7 @@ class _Stream:
         limit = PAGE if upto is None else min(PAGE, upto - self.cursor)
         if limit <= 0:
             return True
-        page = await self.log.read(self.key, self.cursor, limit)
+        page = await self.hub.read(self.key, self.cursor, limit)
         events = page.events if upto is None else [e for e in page.events if e.id <= upto]
         if upto is not None and not events:
             # The rest of the hole is gone from the log: say so, and the live frame follows.

@@ -29,7 +29,7 @@ from typing import NamedTuple
 from api import metrics, sse
 from shared.errors import BackendUnavailable
 from shared.eventlog.base import EventLog
-from shared.models import TERMINAL_EVENTS, StoredEvent
+from shared.models import TERMINAL_EVENTS, Page, StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class TailHub:
         self._wake_key = log.keys.wakeup(uuid.uuid4().hex)
         self._wake_cursor = 0
         self._follows: dict[str, _Follow] = {}
+        self._reads: dict[tuple[str, int, int], asyncio.Future[Page]] = {}
         self._work = asyncio.Event()
         self._in_wait = False
         self._closing = False
@@ -177,6 +178,27 @@ class TailHub:
             with contextlib.suppress(BackendUnavailable):
                 await self._log.wake(self._wake_key)  # if not, it returns within BLOCK_S
         return sub
+
+    async def read(self, key: str, after: int, limit: int) -> Page:
+        """`EventLog.read`, one Redis read for all streams asking the same at the same time.
+
+        A reconnect storm asks for the same pages many times over (every client of a
+        run resuming from about the same place). Only reads in flight are shared, so
+        a page is never older than one a stream would have read itself.
+        """
+        ask = (key, after, limit)
+        pending = self._reads.get(ask)
+        if pending is None:
+            pending = asyncio.ensure_future(self._log.read(key, after, limit))
+            self._reads[ask] = pending
+            pending.add_done_callback(lambda done: self._read_done(ask, done))
+        # Shielded: one stream going away must not cancel the read the others wait for.
+        return await asyncio.shield(pending)
+
+    def _read_done(self, ask: tuple[str, int, int], done: asyncio.Future[Page]) -> None:
+        self._reads.pop(ask, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have gone
 
     def unsubscribe(self, sub: Subscription) -> None:
         follow = self._follows.get(sub.key)
