@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -70,7 +71,8 @@ def _redis_benchmark_xadd() -> str:
             timeout=60,
             check=True,
         ).stdout
-        return out.strip().splitlines()[-1].split(":", 1)[-1].strip()
+        rate = re.findall(r"([\d.]+) requests per second", out)[-1]
+        return f"{float(rate):,.0f}"
     except (OSError, subprocess.SubprocessError, IndexError):
         return "n/a (redis-benchmark not available)"
 

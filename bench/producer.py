@@ -27,6 +27,7 @@ from shared.lifecycle import Runs
 from shared.models import RunRecord, RunStatus, utcnow
 
 PAYLOAD = "x" * 120  # with the envelope: ~230-byte events on the wire
+PUBSUB = "bench-pubsub:"  # baseline (b) channel = this + the log key
 
 
 class Producer:
@@ -100,7 +101,7 @@ class Producer:
                         args[0].encode(),
                         full,
                     )
-                    pipe.publish(self.log_key(run), msg)
+                    pipe.publish(PUBSUB + self.log_key(run), msg)
                 await pipe.execute()
 
     async def append(self, runs: list[RunRecord], n_each: int, pipeline: int = 200) -> None:
@@ -149,4 +150,4 @@ class Producer:
                 [(eid, f)] = await self.redis.xrevrange(self.log_key(run), count=1)
                 seq = int(eid.partition(b"-")[2])
                 msg = b'{"id":%d,"type":"%s","event":%s}' % (seq, f[b"t"], f[b"d"])
-                await self.redis.publish(self.log_key(run), msg)
+                await self.redis.publish(PUBSUB + self.log_key(run), msg)

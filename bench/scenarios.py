@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import statistics
 import subprocess
 import time
@@ -276,8 +277,8 @@ def redis_benchmark(n: int) -> list[list[str]]:
             timeout=120,
             check=True,
         ).stdout
-        text = out.strip().splitlines()[-1].split(":", 1)[-1]
-        return float(text.split("requests per second")[0].strip().replace(",", ""))
+        found = re.findall(r"([\d.]+) requests per second", out)
+        return float(found[-1])
 
     try:
         xadd = ["XADD", key, "MAXLEN", "~", "100000", "*", "t", "x", "d", "x" * 200]

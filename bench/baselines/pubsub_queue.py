@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 import orjson
 import redis.asyncio as aioredis
 
+PUBSUB = "bench-pubsub:"  # see bench.producer
 _HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
@@ -25,11 +26,11 @@ def make_app(redis_url: str, prefix: str) -> Any:
     async def dispatch() -> None:
         r = aioredis.Redis.from_url(redis_url, socket_timeout=None)
         pubsub = r.pubsub(ignore_subscribe_messages=True)
-        await pubsub.psubscribe(prefix + "*")
+        await pubsub.psubscribe(PUBSUB + prefix + "*")
         async for message in pubsub.listen():
             if message["type"] != "pmessage":
                 continue
-            for q in queues.get(message["channel"].decode(), ()):
+            for q in queues.get(message["channel"].decode().removeprefix(PUBSUB), ()):
                 q.put_nowait(message["data"])
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

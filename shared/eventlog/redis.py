@@ -138,7 +138,9 @@ class _ChangeFeed:
 
 
 class RedisEventLog:
-    """`EventLog` on Redis; a fixed handful of connections however many readers there are."""
+    """`EventLog` on Redis; a fixed handful of connections however many readers there are:
+    `max_connections` for commands, one pub/sub connection (the change feed) and one
+    more only while a second task blocks in `wait` — 8 in all by default."""
 
     def __init__(
         self,
@@ -147,7 +149,7 @@ class RedisEventLog:
         prefix: str,
         ttl_s: int,
         max_events: int,
-        max_connections: int = 8,
+        max_connections: int = 6,
         client_name: str | None = None,
     ) -> None:
         self.keys = Keys(prefix)
