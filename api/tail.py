@@ -48,6 +48,28 @@ class Frame(NamedTuple):
     data: bytes
 
 
+class Batch(NamedTuple):
+    """Frames the hub read together for one log, with their native bytes joined once.
+
+    A subscriber whose cursor is right before `first` writes `data` as it is: no
+    per-frame work per subscriber in the common case.
+    """
+
+    frames: list[Frame]
+    data: bytes
+    first: int
+    last: int
+    contiguous: bool  # ids first..last without a hole
+    terminal_at: int  # index of the first terminal event, -1 if none
+
+    @classmethod
+    def of(cls, frames: list[Frame]) -> Batch:
+        first, last = frames[0].event.id, frames[-1].event.id
+        terminal_at = next((i for i, f in enumerate(frames) if f.event.type in TERMINAL_EVENTS), -1)
+        data = b"".join([f.data for f in frames])
+        return cls(frames, data, first, last, last - first == len(frames) - 1, terminal_at)
+
+
 class Subscription:
     """One stream's mailbox at the hub. Only the hub pushes; only its stream takes.
 
@@ -55,31 +77,44 @@ class Subscription:
     and, only while its stream waits, one future.
     """
 
-    __slots__ = ("_capacity", "_waiter", "closed", "error", "frames", "key", "overflowed")
+    __slots__ = (
+        "_capacity",
+        "_queued",
+        "_waiter",
+        "batches",
+        "closed",
+        "error",
+        "key",
+        "overflowed",
+    )
 
     def __init__(self, key: str, capacity: int) -> None:
         self.key = key
-        self.frames: list[Frame] = []
+        self.batches: list[Batch] = []
         self.overflowed = False  # detached by the hub: read the log, then subscribe again
         self.closed = False  # the hub is shutting down: finish what is queued, then end
         self.error: BackendUnavailable | None = None
-        self._capacity = capacity
+        self._capacity = capacity  # in frames
+        self._queued = 0
         self._waiter: asyncio.Future[None] | None = None
 
-    def push(self, frames: list[Frame]) -> bool:
-        """Queue frames; False (and detached) when the buffer would overflow."""
-        if len(self.frames) + len(frames) > self._capacity:
+    def push(self, batch: Batch) -> bool:
+        """Queue a batch; False (and detached) when the buffer would overflow."""
+        if self._queued + len(batch.frames) > self._capacity:
             self.overflowed = True
-            self.frames = []  # the log has them; the stream re-reads from its cursor
+            self.batches = []  # the log has them; the stream re-reads from its cursor
+            self._queued = 0
             self.wake()
             return False
-        self.frames.extend(frames)
+        self.batches.append(batch)
+        self._queued += len(batch.frames)
         self.wake()
         return True
 
-    def take(self) -> list[Frame]:
-        frames, self.frames = self.frames, []
-        return frames
+    def take(self) -> list[Batch]:
+        batches, self.batches = self.batches, []
+        self._queued = 0
+        return batches
 
     def end(self, error: BackendUnavailable | None = None) -> None:
         self.closed = True
@@ -94,7 +129,7 @@ class Subscription:
 
     async def wait(self) -> None:
         """Return once frames are queued, the subscription ended, or `wake` is called."""
-        if self.frames or self.overflowed or self.closed:
+        if self.batches or self.overflowed or self.closed:
             return
         self._waiter = asyncio.get_running_loop().create_future()
         try:
@@ -254,7 +289,8 @@ class TailHub:
                 break
         if not frames:
             return
-        dropped = [sub for sub in follow.subscribers if not sub.push(frames)]
+        batch = Batch.of(frames)
+        dropped = [sub for sub in follow.subscribers if not sub.push(batch)]
         for sub in dropped:
             follow.subscribers.discard(sub)
         if dropped:
