@@ -36,7 +36,7 @@ def _setting(quick: bool) -> dict[str, Any]:
     if quick:
         return {
             "fanout": [
-                (1, 1000, 200, ("ceiling", "runrelay", "xread", "pubsub")),
+                (1, 1000, 500, ("ceiling", "runrelay", "xread", "pubsub")),
                 (100, 10, 200, ("ceiling", "runrelay")),
             ],
             "latency_s": 3.0,
@@ -133,12 +133,19 @@ class Suite:
         rates = [1000, 5000, 20000]
         rows = []
         for kind in ("runrelay", "ceiling"):
-            for r in await sc.latency(self.ctx, kind, rates, 1000, 1, self.cfg["latency_s"]):
-                self.results[("latency", kind, r["rate"])] = r
+            found = await sc.latency(self.ctx, kind, rates, 1000, 1, self.cfg["latency_s"])
+            # PERFORMANCE.md's layout: one run followed by all 1,000 (20 events/s).
+            [one] = await sc.latency(self.ctx, kind, [20], 1, 1000, self.cfg["latency_s"])
+            one["layout"] = "1 run x 1,000 subscribers"
+            self.results[("latency-1x1000", kind)] = one
+            for r in [*found, one]:
+                self.results.setdefault(("latency", kind, r["rate"]), r)
+                layout = r.get("layout", "1,000 runs x 1 subscriber")
                 rows.append(
                     [
                         KIND_NAMES[kind],
-                        f"{r['rate']:,} events/s",
+                        f"{layout}, {r['rate']:,} events/s = "
+                        f"{r['rate'] * (1000 if 'layout' in r else 1):,} deliveries/s",
                         f"{r['p50']:.1f}",
                         f"{r['p99']:.1f}",
                         f"{r['max']:.1f}",
@@ -152,7 +159,11 @@ class Suite:
             f"1,000 subscribers, one per run on 1,000 running runs; the producer appends "
             f"at a steady total rate for {self.cfg['latency_s']:g} s (so events/s = "
             "deliveries/s), each event stamped with its append time; latency = client "
-            "receive - append call (same clock).",
+            "receive - append call (same clock). The last row per server is "
+            "PERFORMANCE.md's layout: one run followed by all 1,000 subscribers at 20 "
+            "events/s (20,000 deliveries/s for 20 appends/s). At 20k appends/s the "
+            "machine itself is the limit: Redis runs 20k Lua appends/s plus the reads, "
+            "and the producer and 1,000 clients share CPU 1 (compare the ceiling's row).",
             table(
                 ["server", "rate", "p50 ms", "p99 ms", "max ms", "server CPU busy", "samples"], rows
             ),
@@ -302,16 +313,20 @@ class Suite:
                     "yes" if lat5["p99"] < 25 else "no",
                 ]
             )
-        lat20 = res.get(("latency", "runrelay", 20000))
-        if lat20:
-            ok = lat20["p50"] <= 3 and lat20["p99"] <= 11
-            rows.append(
-                [
-                    "PERFORMANCE.md: p50 ≤ 3 ms, p99 ≤ 11 ms at 20k/s",
-                    f"p50 {lat20['p50']:.1f}, p99 {lat20['p99']:.1f} ms",
-                    "yes" if ok else "no",
-                ]
-            )
+        for key, label in (
+            (("latency-1x1000", "runrelay"), "1 run x 1,000 subscribers, 20 events/s"),
+            (("latency", "runrelay", 20000), "1,000 runs x 1 subscriber, 20k events/s"),
+        ):
+            lat20 = res.get(key)
+            if lat20:
+                ok = lat20["p50"] <= 3 and lat20["p99"] <= 11
+                rows.append(
+                    [
+                        f"PERFORMANCE.md: p50 ≤ 3 ms, p99 ≤ 11 ms at 20k deliveries/s ({label})",
+                        f"p50 {lat20['p50']:.1f}, p99 {lat20['p99']:.1f} ms",
+                        "yes" if ok else "no",
+                    ]
+                )
         c = res.get("connections")
         if c:
             rows.append(
