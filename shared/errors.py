@@ -1,15 +1,18 @@
 """The one exception root of runrelay, branched by who must react.
 
-    RunRelayError
-    ├── ConfigError            operator: a setting is wrong; the process stops
-    ├── BackendUnavailable     operator/client: Redis or RabbitMQ unreachable (503)
-    ├── NotFound               client: unknown run/session/operation, or not theirs (404)
-    ├── Conflict               client: the request clashes with the run's state (409)
-    │   └── AppendRefused      producer: the run already ended, or a transition is illegal
-    ├── BadRequest             client: invalid input, naming the field (400/422)
-    │   └── BadCursor          client: unknown, malformed or negative cursor (400)
-    ├── PublishFailed          API: the broker did not confirm a publish (503)
-    └── TooManyRuns            client: RUNRELAY_MAX_ACTIVE_RUNS_PER_OWNER runs not ended (429)
+RunRelayError
+├── ConfigError            operator: a setting is wrong; the process stops
+├── BackendUnavailable     operator/client: Redis or RabbitMQ unreachable (503)
+├── NotFound               client: unknown run/session/operation, or not theirs (404)
+├── Conflict               client: the request clashes with the run's state (409)
+│   └── AppendRefused      producer: the run already ended, or a transition is illegal
+├── BadRequest             client: invalid input, naming the field (400/422)
+│   └── BadCursor          client: unknown, malformed or negative cursor (400)
+├── PublishFailed          API: the broker did not confirm a publish (503)
+└── TooManyRuns            client: RUNRELAY_MAX_ACTIVE_RUNS_PER_OWNER runs not ended (429)
+
+The API adds its own branches in `api.errors`: Unauthorized (401), PayloadTooLarge
+(413) and TooManyStreams (429).
 """
 
 from __future__ import annotations
