@@ -88,6 +88,7 @@ class _Stream:
         self.done = False
         self.wake_at = 0.0
         self.sub: Subscription | None = None
+        self.send: Send | None = None  # the server's own, for `write_now`
 
     def aged(self) -> bool:
         return self.loop.time() >= self.deadline
@@ -197,13 +198,52 @@ class _Stream:
             self.sub = sub
             beats = _heartbeats(self.loop)
             beats.add(self)
+            if self.send is not None:
+                sub.direct = self.write_now
             try:
                 await sub.wait()
             finally:
+                sub.direct = None
                 beats.discard(self)
             if sub.batches or sub.overflowed or sub.closed:
                 return False
+            due = self.last_sent + self.heartbeat_s  # `write_now` may have written meanwhile
         return self.loop.time() >= due and not self.aged()
+
+    def write_now(self, batch: Batch) -> bool:
+        """Write a batch from the hub's loop while this stream is parked; False: queue it.
+
+        Only the plain case: native format, right after the cursor, no terminal event,
+        not aged out, and the connection takes it without waiting (the server's `send`
+        completes without suspending unless the client's buffer is full; then the
+        attempt is dropped before anything was written and the stream's task takes over,
+        so a slow client still falls back to the log).
+        """
+        if (
+            self.send is None
+            or self.fmt.framer is not None
+            or batch.first != self.cursor + 1
+            or not batch.contiguous
+            or batch.terminal_at >= 0
+            or self.aged()
+        ):
+            return False
+        message = {"type": "http.response.body", "body": batch.data, "more_body": True}
+        step = self.send(message).__await__()
+        try:
+            step.send(None)
+        except StopIteration:
+            pass
+        except Exception:
+            return False  # the task's own write will meet (and report) the same
+        else:
+            step.close()  # it would wait for the client to drain
+            return False
+        self.cursor = batch.last
+        self.last_sent = self.loop.time()
+        self.wake_at = min(self.last_sent + self.heartbeat_s, self.deadline)
+        metrics.EVENTS_SENT.inc(len(batch.frames))
+        return True
 
     def wake(self) -> None:
         if self.sub is not None:
@@ -307,7 +347,30 @@ def event_stream(
     fmt: StreamFormat = NATIVE,
 ) -> AsyncIterator[bytes]:
     """The bytes of one SSE response over log `key` from `cursor` (see the module doc)."""
-    return _Stream(log, hub, settings, key, cursor, until_terminal, fmt).run()
+    return _Body(_Stream(log, hub, settings, key, cursor, until_terminal, fmt))
+
+
+class _Body:
+    """The stream's bytes as an async iterator that can also be given the server's `send`."""
+
+    __slots__ = ("_gen", "_stream")
+
+    def __init__(self, stream: _Stream) -> None:
+        self._stream = stream
+        self._gen = stream.run()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._gen
+
+    async def __anext__(self) -> bytes:
+        return await self._gen.__anext__()
+
+    def bind(self, send: Send) -> None:
+        self._stream.send = send
+
+    async def aclose(self) -> None:
+        self._stream.send = None
+        await self._gen.aclose()  # type: ignore[attr-defined]
 
 
 class StreamSlots:
@@ -408,6 +471,9 @@ class EventStreamResponse(StreamingResponse):
             self._on_close()
 
     async def _pump(self, send: Send) -> None:
+        bind = getattr(self._body, "bind", None)
+        if bind is not None:
+            bind(send)  # parked live streams may then be written by the hub directly
         try:
             async for chunk in self._body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
