@@ -40,14 +40,13 @@ clients set its pace, not the server.
 What is not met, and why:
 
 - PERFORMANCE.md's p50 ≤ 3 ms / p99 ≤ 11 ms at 20k deliveries/s. With one run
-  followed by 1,000 subscribers each event wakes 1,000 stream tasks, and a task
-  wake-up plus uvicorn's `send` costs ~10-15 µs, so the last subscriber gets an
-  event ~10-15 ms after the first (p50 ≈ half of that plus the read); the ceiling,
-  which writes to 1,000 transports in one loop, gets p50 ~6 ms in the same harness.
-  Getting there would mean writing from the hub straight to the connections of
-  streams parked in the live phase, bypassing their tasks (and the ASGI `send`
-  contract); not attempted in this round. With 1,000 runs x 1 subscriber at 20k
-  appends/s the machine is the limit: Redis runs 20k Lua appends/s and the
+  followed by 1,000 subscribers, each event is 1,000 writes through uvicorn's
+  `send` (done by the hub directly for parked streams, ~5-8 µs each with the
+  ASGI wrappers) against ~3 µs for the ceiling's bare `transport.write`; and the
+  1,000 clients on one core take ~10-20 ms to parse one event's 1,000 arrivals,
+  which is in every sample (the ceiling's p50 in the same harness is ~6 ms, so
+  the harness alone does not reach 3 ms here). With 1,000 runs x 1 subscriber at
+  20k appends/s the machine is the limit: Redis runs 20k Lua appends/s and the
   producer and 1,000 clients share CPU 1; the minimal ceiling is as late.
 - PERFORMANCE.md's ≤ 16 KB per idle connection (issue 8's ≤ 20 KiB is met). What
   is left per connection (tracemalloc): uvicorn's protocol, parser, cycle and two
