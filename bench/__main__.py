@@ -176,7 +176,7 @@ class Suite:
                         f"{r['p99']:.1f}",
                         f"{r['max']:.1f}",
                         f"{r['busy'] * 100:.0f}%",
-                        f"{r['samples']:,}/{r['sent']:,}",
+                        f"{r['samples']:,}/{r['sent'] * (1000 if 'layout' in r else 1):,}",
                     ]
                 )
                 print(rows[-1], flush=True)
@@ -288,7 +288,9 @@ class Suite:
             "6. Workers",
             f"`bench/workers.py` with {runs} queued `story` runs (~13 events each), worker "
             "concurrency 8, real Redis and RabbitMQ; latency = `run.started` - `run.queued` "
-            "at 50 runs/s with idle workers. Workers are not pinned.",
+            "at 50 runs/s with idle workers. Workers are not pinned; on 2 cores four worker "
+            "processes contend with each other, Redis and RabbitMQ, so four are not faster "
+            "than one here.",
             table(["workers", "scenario", "runs/s", "p50 ms", "p99 ms"], rows),
         )
 
