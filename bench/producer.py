@@ -79,9 +79,9 @@ class Producer:
         keys = [
             k.run(run.session_id, run.run_id),
             self.log_key(run),
-            k.session(run.session_id),
-            k.session_log(run.session_id),
-            k.session_runs(run.session_id),
+            k.session(run.session_id, run.owner),
+            k.session_log(run.session_id, run.owner),
+            k.session_runs(run.session_id, run.owner),
         ]
         return keys, [type_, body, "", "0", ",running,", now, 600, 200_000, 0, 0]
 

@@ -3,11 +3,21 @@
 All of one session's keys share the hash tag ``{s:<session_id>}``: a run's record,
 its log, and its session's log are written by one script, so on Redis Cluster
 they must sit in one slot. Everything else is addressed by its own single key.
+
+A session belongs to its owner: the session's own keys carry a digest of the owner,
+so two owners who pick the same session id get two sessions, and nobody can learn
+that an id is in use by someone else.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+
+
+def _owner_digest(owner: str) -> str:
+    # Owners are arbitrary strings (a JWT `sub`); a digest keeps key names safe.
+    return hashlib.sha256(owner.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +33,14 @@ class Keys:
     def run_log(self, session_id: str, run_id: str) -> str:
         return f"{self._tag(session_id)}:run:{run_id}:log"
 
-    def session(self, session_id: str) -> str:
-        return f"{self._tag(session_id)}:session"
+    def session(self, session_id: str, owner: str) -> str:
+        return f"{self._tag(session_id)}:session:{_owner_digest(owner)}"
 
-    def session_log(self, session_id: str) -> str:
-        return f"{self._tag(session_id)}:session:log"
+    def session_log(self, session_id: str, owner: str) -> str:
+        return f"{self._tag(session_id)}:session:log:{_owner_digest(owner)}"
 
-    def session_runs(self, session_id: str) -> str:
-        return f"{self._tag(session_id)}:session:runs"
+    def session_runs(self, session_id: str, owner: str) -> str:
+        return f"{self._tag(session_id)}:session:runs:{_owner_digest(owner)}"
 
     def run_index(self, run_id: str) -> str:
         """run id -> session id; written once at create, never changes."""

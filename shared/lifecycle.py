@@ -206,7 +206,7 @@ class Runs:
         rule: Transition,
     ) -> int:
         body = encode_body(run.run_id, run.session_id, type_, data, utcnow())
-        return await self.log.append(run.session_id, run.run_id, type_, body, rule)
+        return await self.log.append(run.owner, run.session_id, run.run_id, type_, body, rule)
 
     async def emit(
         self, run: RunRecord, type_: str, data: Mapping[str, Any], *, worker: str | None = None

@@ -24,10 +24,11 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 async def session_events(session_id: str, request: Request, state: State, owner: Owner) -> Response:
     """SSE over every run of the session; it ends only when the connection ages out."""
     log = state.runtime.log
-    if not valid_id(session_id) or await log.session_owner(session_id) != owner:
+    # Sessions are per owner: another owner's session of this id is simply not ours.
+    if not valid_id(session_id) or not await log.session_exists(owner, session_id):
         raise NotFound(f"session {session_id} not found")
     cursor = requested_cursor(request)
-    key = log.keys.session_log(session_id)
+    key = log.keys.session_log(session_id, owner)
     if cursor > 0:
         check_cursor(cursor, (await log.read(key, cursor, 1)).last_id)
     release = state.slots.acquire(owner)

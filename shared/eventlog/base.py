@@ -60,12 +60,12 @@ class EventLog(Protocol):
     ) -> None:
         """Store a new run (fields include run_id, session_id, owner, status) and its first event.
 
-        Raises `Conflict` if the run id exists, `NotFound` if the session belongs to
-        another owner.
+        Raises `Conflict` if the run id exists. Sessions are per owner, so another
+        owner's session of the same id is simply a different session.
         """
 
     async def append(
-        self, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
+        self, owner: str, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
     ) -> int:
         """Append one event if `rule` allows it; return its id.
 
@@ -84,7 +84,8 @@ class EventLog(Protocol):
     ) -> list[dict[str, str]]:
         """The owner's runs, newest first (optionally within one session)."""
 
-    async def session_owner(self, session_id: str) -> str | None: ...
+    async def session_exists(self, owner: str, session_id: str) -> bool:
+        """Whether `owner` has a (retained) session of this id."""
 
     async def claim_idempotency(self, owner: str, key: str, run_id: str, ttl_s: int) -> str:
         """Bind key -> run_id unless bound already; return the bound run id."""

@@ -70,11 +70,12 @@ class MemoryEventLog:
             return None
         return log
 
-    def _session(self, session_id: str) -> _Session | None:
-        sess = self._sessions.get(session_id)
+    def _session(self, owner: str, session_id: str) -> _Session | None:
+        key = self.keys.session(session_id, owner)
+        sess = self._sessions.get(key)
         if sess is not None and self._expired(sess.expires_at):
-            del self._sessions[session_id]
-            self._logs.pop(self.keys.session_log(session_id), None)
+            del self._sessions[key]
+            self._logs.pop(self.keys.session_log(session_id, owner), None)
             return None
         return sess
 
@@ -109,12 +110,10 @@ class MemoryEventLog:
         run_id, session_id, owner = fields["run_id"], fields["session_id"], fields["owner"]
         if self._run(run_id) is not None:
             raise Conflict(f"run {run_id} already exists")
-        sess = self._session(session_id)
-        if sess is not None and sess.owner != owner:
-            raise NotFound(f"session {session_id} not found")
+        sess = self._session(owner, session_id)
         if sess is None:
-            sess = self._sessions[session_id] = _Session(owner)
-        sess_log = self._logs.setdefault(self.keys.session_log(session_id), _Log())
+            sess = self._sessions[self.keys.session(session_id, owner)] = _Session(owner)
+        sess_log = self._logs.setdefault(self.keys.session_log(session_id, owner), _Log())
         sess.active += 1
         sess.expires_at = sess_log.expires_at = None
         now = time.time()
@@ -125,20 +124,20 @@ class MemoryEventLog:
         await self._notify()
 
     async def append(
-        self, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
+        self, owner: str, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
     ) -> int:
         run = self._run(run_id)
-        if run is None or run["session_id"] != session_id:
+        if run is None or run["session_id"] != session_id or run["owner"] != owner:
             raise NotFound(f"run {run_id} not found")
         status = run["status"]
         if status in TERMINAL or (rule.allowed_from and status not in rule.allowed_from):
             raise AppendRefused(run_id, status, type_)
         if any(run.get(k) != v for k, v in rule.expect.items()):
             raise AppendRefused(run_id, status, type_)
-        sess = self._session(session_id) or self._sessions.setdefault(
-            session_id, _Session(run["owner"])
+        sess = self._session(owner, session_id) or self._sessions.setdefault(
+            self.keys.session(session_id, owner), _Session(owner)
         )
-        sess_log = self._logs.setdefault(self.keys.session_log(session_id), _Log())
+        sess_log = self._logs.setdefault(self.keys.session_log(session_id, owner), _Log())
         event_id = self._append_event(run, sess_log, type_, body)
         now = rule.fields.get("updated_at") or utcnow()
         run["updated_at"] = now
@@ -175,7 +174,7 @@ class MemoryEventLog:
         self, owner: str, session_id: str | None, limit: int, offset: int
     ) -> list[dict[str, str]]:
         if session_id is not None:
-            sess = self._session(session_id)
+            sess = self._session(owner, session_id)
             refs = [(r, t) for r, t in (sess.runs.items() if sess else [])]
         else:
             owned = self._owner_runs.get(owner, {}).items()
@@ -184,9 +183,8 @@ class MemoryEventLog:
         records = [self._run(rid) for rid, _ in refs[offset : offset + limit]]
         return [dict(r) for r in records if r is not None and r["owner"] == owner]
 
-    async def session_owner(self, session_id: str) -> str | None:
-        sess = self._session(session_id)
-        return sess.owner if sess else None
+    async def session_exists(self, owner: str, session_id: str) -> bool:
+        return self._session(owner, session_id) is not None
 
     async def claim_idempotency(self, owner: str, key: str, run_id: str, ttl_s: int) -> str:
         k = self.keys.idempotency(owner, key)

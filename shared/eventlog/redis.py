@@ -207,14 +207,14 @@ class RedisEventLog:
         await self._redis.aclose()
         await self._blocking.aclose()
 
-    def _run_keys(self, session_id: str, run_id: str) -> list[str]:
+    def _run_keys(self, owner: str, session_id: str, run_id: str) -> list[str]:
         k = self.keys
         return [
             k.run(session_id, run_id),
             k.run_log(session_id, run_id),
-            k.session(session_id),
-            k.session_log(session_id),
-            k.session_runs(session_id),
+            k.session(session_id, owner),
+            k.session_log(session_id, owner),
+            k.session_runs(session_id, owner),
         ]
 
     async def _call(self, coro: Any) -> Any:
@@ -248,7 +248,7 @@ class RedisEventLog:
         score = time.time()
         result = await self._call(
             self._create(
-                keys=self._run_keys(session_id, run_id),
+                keys=self._run_keys(owner, session_id, run_id),
                 args=[
                     owner,
                     run_id,
@@ -263,20 +263,18 @@ class RedisEventLog:
         )
         if result == b"exists":
             raise Conflict(f"run {run_id} already exists")
-        if result == b"session_owner":
-            raise NotFound(f"session {session_id} not found")
         await self._call(
             self._redis.zadd(self.keys.owner_runs(owner), {f"{session_id}/{run_id}": score})
         )
 
     async def append(
-        self, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
+        self, owner: str, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
     ) -> int:
         allowed = "," + ",".join(sorted(rule.allowed_from)) + "," if rule.allowed_from else ""
         now = rule.fields.get("updated_at") or utcnow()
         result = await self._call(
             self._append(
-                keys=self._run_keys(session_id, run_id),
+                keys=self._run_keys(owner, session_id, run_id),
                 args=[
                     type_,
                     body,
@@ -350,7 +348,7 @@ class RedisEventLog:
         if session_id is not None:
             members = await self._call(
                 self._redis.zrevrange(
-                    self.keys.session_runs(session_id), offset, offset + limit - 1
+                    self.keys.session_runs(session_id, owner), offset, offset + limit - 1
                 )
             )
             refs = [(session_id, m.decode()) for m in members]
@@ -371,9 +369,9 @@ class RedisEventLog:
             await self._call(self._redis.zrem(self.keys.owner_runs(owner), *expired))
         return [r for r in records if r.get("owner") == owner]
 
-    async def session_owner(self, session_id: str) -> str | None:
-        raw = await self._call(self._redis.hget(self.keys.session(session_id), "owner"))
-        return raw.decode() if raw is not None else None
+    async def session_exists(self, owner: str, session_id: str) -> bool:
+        key = self.keys.session(session_id, owner)
+        return bool(await self._call(self._redis.exists(key)))
 
     async def claim_idempotency(self, owner: str, key: str, run_id: str, ttl_s: int) -> str:
         k = self.keys.idempotency(owner, key)

@@ -30,9 +30,7 @@ CREATE = (
     _APPEND_EVENT
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
-local owner = redis.call('HGET', KEYS[3], 'owner')
-if owner and owner ~= ARGV[1] then return 'session_owner' end
-if not owner then redis.call('HSET', KEYS[3], 'owner', ARGV[1]) end
+redis.call('HSET', KEYS[3], 'owner', ARGV[1])
 local n = tonumber(ARGV[7])
 for i = 8, 7 + 2 * n, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HINCRBY', KEYS[3], 'active', 1)

@@ -40,9 +40,11 @@ async def test_another_owners_run_is_404_on_every_route(make_api: MakeApi) -> No
         # The same message shape as an unknown run: nothing tells the two apart.
         mine = (await alice.get(f"/v1/runs/{rid}")).json()["error"]["message"]
         assert mine == unknown["error"]["message"].replace("run_doesnotexist", rid)
-        # Joining someone else's session is refused the same way.
+        # Using someone else's session id gives alice a session of her own, not theirs.
         joined = await alice.post("/v1/runs", json={"tool": "story", "session_id": sid})
-        assert joined.status_code == 404
+        assert joined.status_code == 202
+        listed = await alice.get("/v1/runs", params={"session_id": sid})
+        assert [r["run_id"] for r in listed.json()["runs"]] == [joined.json()["run_id"]]
         assert (await api.runtime.runs.get(rid)).status == "queued"  # cancel did nothing
 
 

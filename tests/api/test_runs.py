@@ -50,6 +50,23 @@ async def test_stream_true_answers_with_the_stream_from_event_one(make_api: Make
         assert rest[-1].event == "run.completed"
 
 
+async def test_two_owners_using_one_session_id_get_two_sessions(make_api: MakeApi) -> None:
+    async with make_api() as api, api.client("alice") as alice, api.client("bob") as bob:
+        mine = await api.create_run(alice, session_id="chat-1")
+        # Nothing tells bob that alice uses "chat-1": he gets a session of his own.
+        theirs = await api.create_run(bob, session_id="chat-1")
+        assert theirs["session_id"] == "chat-1"
+
+        for http, run in ((alice, mine), (bob, theirs)):
+            listed = (await http.get("/v1/runs", params={"session_id": "chat-1"})).json()
+            assert [r["run_id"] for r in listed["runs"]] == [run["run_id"]]
+            async with http.stream("GET", "/v1/sessions/chat-1/events") as response:
+                first = await anext(events(response))
+            assert first.json["run_id"] == run["run_id"]
+        unknown = await bob.get("/v1/sessions/chat-2/events")
+        assert unknown.status_code == 404
+
+
 async def test_get_list_and_cancel(make_api: MakeApi) -> None:
     async with make_api() as api, api.client() as http:
         a = await api.create_run(http)

@@ -169,7 +169,7 @@ async def test_session_log_interleaves_runs_with_session_local_ids(
     await runs.emit(b, "output.message.delta", {"delta": "b"}, worker="w1")
     await runs.finish(a, RunStatus.COMPLETED)
 
-    events = await all_events(log, log.keys.session_log("chat-1"))
+    events = await all_events(log, log.keys.session_log("chat-1", "alice"))
     assert [e.id for e in events] == list(range(1, 8))
     decoded = [e.decode() for e in events]
     assert [(d["run_id"], d["run_event_id"]) for d in decoded] == [
@@ -179,10 +179,16 @@ async def test_session_log_interleaves_runs_with_session_local_ids(
     assert [r.run_id for r in await runs.list("alice", session_id="chat-1")] == [b.run_id, a.run_id]
 
 
-async def test_a_session_belongs_to_its_first_owner(runs: Runs) -> None:
-    await runs.create(owner="alice", tool="story", input={}, session_id="mine")
-    with pytest.raises(NotFound):
-        await runs.create(owner="mallory", tool="story", input={}, session_id="mine")
+async def test_sessions_are_per_owner_even_with_the_same_id(runs: Runs, log: EventLog) -> None:
+    mine, _ = await runs.create(owner="alice", tool="story", input={}, session_id="chat")
+    theirs, _ = await runs.create(owner="mallory", tool="story", input={}, session_id="chat")
+
+    assert await log.session_exists("alice", "chat") and await log.session_exists("mallory", "chat")
+    assert not await log.session_exists("bob", "chat")
+    assert [r.run_id for r in await runs.list("alice", session_id="chat")] == [mine.run_id]
+    assert [r.run_id for r in await runs.list("mallory", session_id="chat")] == [theirs.run_id]
+    alices = await all_events(log, log.keys.session_log("chat", "alice"))
+    assert [(e.id, e.decode()["run_id"]) for e in alices] == [(1, mine.run_id)]
 
 
 async def test_a_run_is_claimed_by_one_worker_and_lost_workers_cannot_write(
