@@ -14,7 +14,6 @@ import os
 import httpx
 import pytest
 
-from shared.errors import PublishFailed
 from shared.models import RunRecord
 from shared.runtime import Runtime
 from tests.faults.invariants import run_ended_once
@@ -63,15 +62,7 @@ async def test_runs_queued_running_and_waiting_all_complete_across_a_rabbitmq_re
             await asyncio.to_thread(node.start)
 
             for run, op_id in zip(waiting, ops, strict=True):
-
-                async def published(run: RunRecord = run, op_id: str = op_id) -> bool:
-                    try:
-                        await system.complete(run, op_id)
-                    except PublishFailed:
-                        return False
-                    return True
-
-                await wait_for(published, timeout=30, interval=0.2, message="no reconnect")
+                await system.complete_once_reconnected(run, op_id)
 
             everything = [*waiting, *running, *queued]
 

@@ -22,6 +22,7 @@ import pytest
 from starlette.applications import Starlette
 
 from api.app import create_app
+from shared.errors import PublishFailed
 from shared.models import RunRecord
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -81,6 +82,18 @@ class System:
             "error": error,
         }
         await self.runtime.broker.publish_completion(orjson.dumps(message))
+
+    async def complete_once_reconnected(self, run: RunRecord, op_id: str) -> None:
+        """Publish the completion, retrying until the (restarted) broker takes it."""
+
+        async def published() -> bool:
+            try:
+                await self.complete(run, op_id)
+            except PublishFailed:
+                return False
+            return True
+
+        await wait_for(published, timeout=30, interval=0.2, message="broker never came back")
 
 
 def handled(*results: str) -> float:

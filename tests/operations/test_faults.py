@@ -10,8 +10,6 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from shared.broker.base import COMPLETIONS_QUEUE
-from shared.errors import PublishFailed
-from shared.models import RunRecord
 from shared.runtime import Runtime
 from tests.operations.conftest import MakeSystem
 from tests.support.procs import Processes
@@ -105,15 +103,7 @@ async def test_runs_waiting_through_a_rabbitmq_restart_take_completions_publishe
             await asyncio.to_thread(node.start)
 
             for run, op_id in zip(runs, ops, strict=True):
-
-                async def published(run: RunRecord = run, op_id: str = op_id) -> bool:
-                    try:
-                        await system.complete(run, op_id)
-                    except PublishFailed:
-                        return False
-                    return True
-
-                await wait_for(published, timeout=30, interval=0.2, message="no reconnect")
+                await system.complete_once_reconnected(run, op_id)
             for run in runs:
                 await wait_status(system.runtime, run, "completed", timeout=30)
                 kinds = await types(system.runtime, run)
