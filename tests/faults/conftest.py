@@ -25,7 +25,6 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.tail import TailHub
-from shared.lifecycle import Runs
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.api.conftest import build_runtime
@@ -90,12 +89,6 @@ def make_stack(make_settings: Callable[..., Settings]) -> MakeStack:
         settings = make_settings(**overrides)
         client_name = f"rrfault-{uuid.uuid4().hex[:8]}"
         runtime = build_runtime(settings, "real", client_name)
-        # As `Runtime.build` makes it: the per-owner active-runs limit included.
-        runtime.runs = Runs(
-            runtime.log,
-            publish_grace_s=settings.publish_grace_s,
-            max_active_per_owner=settings.max_active_runs_per_owner,
-        )
         await runtime.start()
         running: Worker | None = None
         try:

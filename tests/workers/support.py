@@ -78,7 +78,7 @@ async def spawn_worker(
     processes: Processes, runtime: Runtime, log_path: Path, **extra: str
 ) -> Proc:
     """Start ``python -m workers`` and wait until it heartbeats (it is consuming by then)."""
-    before = {w["worker_id"] for w in await runtime.log.list_workers()}
+    before = {w["worker_id"] for w in await runtime.workers.live()}
     proc = processes.spawn(
         [sys.executable, "-m", "workers"],
         worker_env(runtime.settings, **extra),
@@ -89,7 +89,7 @@ async def spawn_worker(
     async def listed() -> bool:
         if not proc.alive():
             raise AssertionError(f"worker exited early:\n{proc.output()}")
-        workers = await runtime.log.list_workers()
+        workers = await runtime.workers.live()
         return any(w["pid"] == proc.pid and w["worker_id"] not in before for w in workers)
 
     await wait_for(listed, timeout=20, message=f"worker pid {proc.pid} never heartbeat")
@@ -97,7 +97,7 @@ async def spawn_worker(
 
 
 async def worker_id_of(runtime: Runtime, proc: Proc) -> str:
-    for info in await runtime.log.list_workers():
+    for info in await runtime.workers.live():
         if info["pid"] == proc.pid:
             return str(info["worker_id"])
     raise AssertionError(f"no heartbeat from pid {proc.pid}")
