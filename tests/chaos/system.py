@@ -1,15 +1,15 @@
 """The system under chaos: every shipped process, each behind proxies the nemesis can break.
 
-    async with chaos_system(settings, root) as system:
+    async with chaos_system(settings) as system:
         system.balancer.port        # where clients go: the API processes behind a FaultProxy
-        system.slots["worker-1"]    # a process, its Redis proxy, its AMQP proxy
-        await system.restart(system.slots["worker-1"])
+        slot = system.slots["worker-1"]  # a process, its Redis proxy, its AMQP proxy
+        system.stopping(slot); slot.proc.kill9(); await system.start_slot(slot)
 
-Two `runrelay api` behind a round-robin balancer, two `python -m workers` (the same as
-`runrelay worker`), one `runrelay consumer`, `runrelay generator`; RabbitMQ is a
-throwaway node (it gets `kill -9`), Redis is the shared one under a prefix of the run's
-own. Every process reaches Redis and RabbitMQ through a FaultProxy of its own, so one
-process's connections can be reset or stalled. Every process is killed by pid on exit.
+Two `runrelay api` behind a round-robin balancer, two `runrelay worker`, one `runrelay
+consumer`, `runrelay generator`; RabbitMQ is a throwaway node (it gets `kill -9`),
+Redis is the shared one under a prefix of the run's own. Every process reaches Redis
+and RabbitMQ through a FaultProxy of its own, so one process's connections can be reset
+or stalled. Every process is killed by pid on exit.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -33,8 +33,8 @@ from tests.support.ports import free_port
 from tests.support.procs import Proc, Processes
 from tests.support.proxy import FaultProxy
 from tests.support.rabbit_node import RabbitNode
+from tests.support.shipped import spawn_role, via
 from tests.support.wait import wait_for
-from tests.workers.support import spawn_worker
 
 __all__ = ["Balancer", "Slot", "System", "chaos_system"]
 
@@ -76,14 +76,6 @@ class Slot:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.alive()
-
-
-def via(url: str, port: int) -> str:
-    """`url` with its host and port replaced by the local proxy's."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")
-    auth = netloc[0] + "@" if netloc[1] else ""
-    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
 
 
 @dataclass
@@ -148,16 +140,14 @@ class System:
                 self.processes, self.settings, log_path, **_strings(env)
             )
             self.balancer.targets.append(slot.port)
-        elif slot.kind == "worker":
-            slot.proc = await spawn_worker(self.processes, self.runtime, log_path, **_strings(env))
-        elif slot.kind == "consumer":
-            proc = slot.proc = self.processes.spawn(
-                [RUNRELAY, "consumer"], env, log_path=log_path, cwd=self.root
-            )
-            await wait_for(
-                lambda: _started(proc, "completion consumer started"),
-                timeout=30,
-                message="runrelay consumer never started",
+        elif slot.kind in ("worker", "consumer"):
+            slot.proc = await spawn_role(
+                self.processes,
+                slot.kind,
+                self.settings,
+                log_path,
+                runtime=self.runtime,
+                **_strings(env),
             )
         else:
             args = ["generator", "--port", str(self.generator_port), "--via", "queue"]
@@ -178,13 +168,6 @@ class System:
         slot.expected_exit = True
         if slot.kind == "api" and slot.port in self.balancer.targets:
             self.balancer.targets.remove(slot.port)
-
-    async def restart(self, slot: Slot) -> None:
-        if slot.proc is not None and slot.proc.alive():
-            self.stopping(slot)
-            slot.proc.kill9()
-            await slot.proc.wait_async(10)
-        await self.start_slot(slot)
 
     def note_crashes(self) -> None:
         """Record processes that exited without the nemesis stopping them."""
@@ -213,12 +196,6 @@ class System:
 
 def _strings(env: dict[str, str | None]) -> dict[str, str]:
     return {k: v for k, v in env.items() if v is not None}
-
-
-def _started(proc: Proc, line: str) -> bool:
-    if not proc.alive():
-        raise AssertionError(f"exited early:\n{proc.output()}")
-    return line in proc.output()
 
 
 async def _answers(proc: Proc, port: int) -> bool:
