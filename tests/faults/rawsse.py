@@ -33,6 +33,7 @@ class StreamResult:
     pings: int = 0
     body: bytes = b""  # the body of a non-stream answer
     ended: bool = False  # a terminal event arrived
+    idle: bool = False  # given up after idle_timeout_s of silence
 
     @property
     def last_id(self) -> int | None:
@@ -63,13 +64,45 @@ async def read_stream(
     headers: dict[str, str] | None = None,
     read_pause_s: float = 0.0,
     host: str = "127.0.0.1",
+    idle_timeout_s: float | None = None,
 ) -> StreamResult:
     """GET ``path`` as an SSE client; read until the terminal event or the server closes.
 
     ``read_pause_s`` makes a slow reader (a pause before each read: the server's
-    writes back up into the socket buffers).
+    writes back up into the socket buffers). ``idle_timeout_s`` gives up on a
+    connection that carries nothing, not even a ping, for that long (like the SDK's
+    ``stale_after``) and returns what it received, with ``idle`` set.
     """
     out = StreamResult()
+    try:
+        async with asyncio.timeout(None) as idle:
+            await _read(
+                out, idle, idle_timeout_s, port, path, token, cursor, headers, read_pause_s, host
+            )
+    except TimeoutError:
+        out.idle = True
+    return out
+
+
+async def _read(
+    out: StreamResult,
+    idle: asyncio.Timeout,
+    idle_timeout_s: float | None,
+    port: int,
+    path: str,
+    token: str | None,
+    cursor: int | None,
+    headers: dict[str, str] | None,
+    read_pause_s: float,
+    host: str,
+) -> None:
+    loop = asyncio.get_running_loop()
+
+    def alive() -> None:  # bytes arrived: the idle clock starts again
+        if idle_timeout_s is not None:
+            idle.reschedule(loop.time() + idle_timeout_s)
+
+    alive()
     reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
     if read_pause_s:
         sock = writer.get_extra_info("socket")
@@ -85,6 +118,7 @@ async def read_stream(
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
+        alive()
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         out.status = int(status_line.split()[1])
         response_headers = {
@@ -95,7 +129,7 @@ async def read_stream(
         if out.status != 200:
             if "content-length" in response_headers:
                 out.body = await reader.readexactly(int(response_headers["content-length"]))
-            return out
+            return
         decoder = SSEDecoder()
         while not out.ended:
             if read_pause_s:
@@ -103,15 +137,15 @@ async def read_stream(
             try:
                 data = await _chunks(reader, chunked)
             except (asyncio.IncompleteReadError, ConnectionError):
-                return out
+                return
             if not data:
-                return out
+                return
+            alive()
             for item in decoder.feed(data):
                 if isinstance(item, SSEComment):
                     out.pings += 1
                 elif isinstance(item, SSEFrame):
                     _take(out, item)
-        return out
     finally:
         writer.close()
         with contextlib.suppress(Exception):
