@@ -11,6 +11,7 @@ import pytest
 
 from shared.broker.base import COMPLETIONS_QUEUE
 from shared.runtime import Runtime
+from tests.faults.conftest import spawn_consumer
 from tests.operations.conftest import MakeSystem
 from tests.support.procs import Processes
 from tests.support.proxy import FaultProxy
@@ -84,6 +85,45 @@ async def test_a_consumer_killed_while_handling_a_completion_is_redelivered_and_
             await survivor.stop()
         kinds = await types(system.runtime, run)
         assert kinds.count("operation.completed") == 1 and kinds.count("tool.completed") == 1
+        assert kinds[-1] == "run.completed"
+
+
+async def test_two_consumers_racing_on_copies_of_one_completion_apply_it_once(
+    make_system: MakeSystem, processes: Processes, tmp_path: Path
+) -> None:
+    """A real race, not copies one after another: each of two `runrelay consumer`
+    processes takes one copy while its Redis is held by a stalled proxy, and both
+    proxies let go at once, so both consumers read the run `waiting` together and
+    both try to append. Only the compare-and-set (`operation.completed` only while the
+    run waits for that operation) keeps the second out."""
+    async with make_system(generator="accept", consumer=False) as system:
+        settings = system.runtime.settings
+        assert settings.redis_url is not None
+        run = await system.submit()
+        op_id = await system.operation_of(run)
+        redis_port = urlsplit(settings.redis_url).port or 6379
+        async with FaultProxy(redis_port) as first, FaultProxy(redis_port) as second:
+            for n, proxy in enumerate((first, second)):
+                await spawn_consumer(
+                    processes,
+                    system.runtime,
+                    tmp_path / f"consumer{n}.log",
+                    RUNRELAY_REDIS_URL=via(settings.redis_url, proxy.port),
+                )
+            first.stall()
+            second.stall()
+            await system.complete(run, op_id)
+            await system.complete(run, op_id)
+            # Both copies are out of the queue: one in each consumer's hands, stuck.
+            await wait_for(
+                lambda: _delivered(system.runtime), timeout=10, message="never delivered"
+            )
+            first.resume()
+            second.resume()
+            await wait_status(system.runtime, run, "completed", timeout=20)
+        kinds = await types(system.runtime, run)
+        assert kinds.count("operation.completed") == 1, kinds
+        assert kinds.count("tool.completed") == 1 and kinds.count("run.completed") == 1
         assert kinds[-1] == "run.completed"
 
 
