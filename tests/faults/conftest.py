@@ -86,7 +86,9 @@ MakeStack = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]
 @pytest.fixture
 def make_stack(make_settings: Callable[..., Settings]) -> MakeStack:
     @contextlib.asynccontextmanager
-    async def make(*, worker: bool = True, **overrides: Any) -> AsyncIterator[Stack]:
+    async def make(
+        *, worker: bool = True, send_buffer: int | None = None, **overrides: Any
+    ) -> AsyncIterator[Stack]:
         overrides.setdefault("api_tokens", TOKENS)
         settings = make_settings(**overrides)
         client_name = f"rrfault-{uuid.uuid4().hex[:8]}"
@@ -104,7 +106,7 @@ def make_stack(make_settings: Callable[..., Settings]) -> MakeStack:
                 running = Worker(Runtime.build(settings), owns_runtime=True)
                 await running.start()
             app = create_app(runtime, manage_runtime=False)
-            async with serve_app(app, timeout_graceful_shutdown=2) as url:
+            async with serve_app(app, timeout_graceful_shutdown=2, send_buffer=send_buffer) as url:
                 yield Stack(url, app, runtime, running, client_name)
         finally:
             if running is not None:

@@ -96,12 +96,21 @@ async def read_stream(
     out = StreamResult()
     # A slow reader must also be slow at the socket: with a big StreamReader limit the
     # transport would keep reading into memory and the server would never see it lag.
-    limit = 4096 if read_pause_s else 1 << 20
-    reader, writer = await asyncio.open_connection(host, port, limit=limit)
+    # The receive buffer is set before connecting, so the window the server sees is small
+    # from the handshake on.
     if read_pause_s:
-        sock = writer.get_extra_info("socket")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    else:
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
     try:
         lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
         if token:

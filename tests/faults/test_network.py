@@ -12,11 +12,13 @@ import random
 
 import pytest
 
-from tests.faults.conftest import ALICE, MakeStack
+from tests.faults.conftest import ALICE, MakeStack, Stack
 from tests.faults.invariants import delivered_once, log_of, run_ended_once
 from tests.faults.rawsse import StreamResult, follow, read_stream
+from shared.runtime import Runtime
 from tests.support.proxy import FaultProxy
 from tests.support.wait import wait_for
+from workers.worker import Worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,22 +46,46 @@ async def test_cuts_at_odd_byte_offsets_mid_frame_lose_and_repeat_nothing(
                 delivered_once(result.ids, log)
 
 
-async def test_a_slow_reader_falls_behind_without_holding_up_the_run_or_others(
+async def overflows(stack: Stack) -> float:
+    """The API's count of subscribers that overflowed and fell back to the log."""
+    async with stack.client(token=None) as http:
+        text = (await http.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("runrelay_api_slow_client_fallbacks_total "):
+            return float(line.split()[1])
+    raise AssertionError("no runrelay_api_slow_client_fallbacks_total in /metrics")
+
+
+async def test_a_slow_reader_overflows_without_holding_up_the_run_or_others_and_misses_nothing(
     make_stack: MakeStack,
 ) -> None:
-    # The smallest hub buffer: the slow reader overflows and catches up from the log.
-    async with make_stack(subscriber_buffer=8, heartbeat_s=5) as stack:
+    # The smallest hub buffer, and far more bytes than the socket buffers hold (small
+    # ones, as on a real network): the slow reader's stream blocks on its socket, its
+    # hub buffer overflows, and it must catch up from the log.
+    async with make_stack(
+        worker=False, send_buffer=8192, subscriber_buffer=8, heartbeat_s=5
+    ) as stack:
+        before = await overflows(stack)
         run_id = await stack.create(
-            "story", {"prompt": "a long one", "paragraphs": 12, "delay_ms": 1}
+            "story", {"prompt": "a long one " * 500, "paragraphs": 30, "delay_ms": 1}
         )
         path = f"/v1/runs/{run_id}/events"
-        slow = asyncio.create_task(read_stream(stack.port, path, token=ALICE, read_pause_s=0.04))
+        slow = asyncio.create_task(read_stream(stack.port, path, token=ALICE, read_pause_s=0.01))
         fast = asyncio.create_task(read_stream(stack.port, path, token=ALICE))
-        await stack.ended(run_id)
+        # Both are live (subscribed to the hub) before the run produces anything: a
+        # reader that is behind from the start only ever replays the log, never overflows.
+        await wait_for(lambda: stack.hub.subscribers == 2, timeout=10)
+        worker = Worker(Runtime.build(stack.runtime.settings), owns_runtime=True)
+        await worker.start()
+        try:
+            await stack.ended(run_id)
+        finally:
+            await worker.stop(grace_s=0)
         fast_result = await asyncio.wait_for(fast, 20)
         # The run and the fast reader are done while the slow one is still reading.
         assert not slow.done()
         slow_result = await asyncio.wait_for(slow, 60)
+        assert await overflows(stack) > before, "the slow reader never overflowed"
         log = await run_ended_once(stack.runtime, run_id)
         delivered_once(fast_result.ids, log)
         delivered_once(slow_result.ids, log)
