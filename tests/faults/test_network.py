@@ -12,10 +12,10 @@ import random
 
 import pytest
 
+from shared.runtime import Runtime
 from tests.faults.conftest import ALICE, MakeStack, Stack
 from tests.faults.invariants import delivered_once, log_of, run_ended_once
 from tests.faults.rawsse import StreamResult, follow, read_stream
-from shared.runtime import Runtime
 from tests.support.proxy import FaultProxy
 from tests.support.wait import wait_for
 from workers.worker import Worker
