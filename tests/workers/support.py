@@ -87,7 +87,12 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str | None]:
 
 
 async def spawn_worker(
-    processes: Processes, runtime: Runtime, log_path: Path, **extra: str
+    processes: Processes,
+    runtime: Runtime,
+    log_path: Path,
+    *,
+    ready_s: float = 20.0,
+    **extra: str,
 ) -> Proc:
     """Start `runrelay worker` (the shipped entry point, on uvloop) and wait until it
     heartbeats (it is consuming by then)."""
@@ -105,7 +110,7 @@ async def spawn_worker(
         workers = await runtime.log.list_workers()
         return any(w["pid"] == proc.pid and w["worker_id"] not in before for w in workers)
 
-    await wait_for(listed, timeout=20, message=f"worker pid {proc.pid} never heartbeat")
+    await wait_for(listed, timeout=ready_s, message=f"worker pid {proc.pid} never heartbeat")
     return proc
 
 
