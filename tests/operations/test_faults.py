@@ -8,7 +8,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from shared.broker.base import COMPLETIONS_QUEUE
 from shared.runtime import Runtime
 from tests.faults.conftest import spawn_consumer
 from tests.operations.conftest import MakeSystem
@@ -24,7 +23,7 @@ pytestmark = pytest.mark.slow
 async def completions_queue(runtime: Runtime) -> tuple[int, int]:
     """(ready messages, consumers) of chat_operation_complete."""
     for queue in await runtime.broker.stats():
-        if queue.name == COMPLETIONS_QUEUE:
+        if queue.name == runtime.names.completions_queue:
             return queue.messages, queue.consumers
     raise AssertionError("no completions queue")
 
