@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -132,13 +131,6 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str | None]:
     return env
 
 
-def via_port(url: str, port: int) -> str:
-    """``url`` (redis:// or amqp://) pointed at 127.0.0.1:``port`` (a FaultProxy)."""
-    parts = urlsplit(url)
-    netloc = f"{parts.username}:{parts.password}@" if parts.username else ""
-    return urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{port}"))
-
-
 async def post_run(port: int, tool: str, input: dict[str, Any], *, token: str = ALICE) -> str:
     """`POST /v1/runs` as a client would; the run id of the 202."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20.0) as http:
@@ -150,36 +142,6 @@ async def post_run(port: int, tool: str, input: dict[str, Any], *, token: str = 
     assert response.status_code == 202, response.text
     run_id: str = response.json()["run_id"]
     return run_id
-
-
-async def completion_consumers(runtime: Runtime) -> int:
-    """Consumers on the completions queue (whatever its deployment's name)."""
-    stats = await runtime.broker.stats()
-    return sum(q.consumers for q in stats if "complete" in q.name)
-
-
-async def spawn_consumer(
-    processes: Processes, runtime: Runtime, log_path: Path, **extra: str
-) -> Proc:
-    """`runrelay consumer` (uvloop) on ``runtime``'s backends, once it consumes completions.
-
-    ``extra`` overrides the environment, e.g. ``RUNRELAY_REDIS_URL`` through a proxy.
-    """
-    before = await completion_consumers(runtime)
-    proc = processes.spawn(
-        [RUNRELAY, "consumer"],
-        process_env(runtime.settings, **extra),
-        log_path=log_path,
-        cwd=log_path.parent,
-    )
-
-    async def consuming() -> bool:
-        if not proc.alive():
-            raise AssertionError(f"runrelay consumer exited: {proc.output()}")
-        return await completion_consumers(runtime) > before
-
-    await wait_for(consuming, timeout=30, interval=0.1, message="consumer never consuming")
-    return proc
 
 
 async def spawn_api(

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from shared.runtime import Runtime
-from tests.faults.conftest import spawn_consumer
 from tests.operations.conftest import MakeSystem
 from tests.support.procs import Processes
 from tests.support.proxy import FaultProxy
+from tests.support.shipped import spawn_role
 from tests.support.wait import wait_for
 from tests.workers.support import types, wait_status
 from tests.workers.test_broker_restart import own_node
@@ -43,10 +43,12 @@ async def test_a_consumer_killed_while_handling_a_completion_is_redelivered_and_
         op_id = await system.operation_of(run)
         redis_port = urlsplit(settings.redis_url).port or 6379
         async with FaultProxy(redis_port) as proxy:
-            proc = await spawn_consumer(
+            proc = await spawn_role(
                 processes,
-                system.runtime,
+                "consumer",
+                settings,
                 tmp_path / "consumer.log",
+                runtime=system.runtime,
                 RUNRELAY_REDIS_URL=via(settings.redis_url, proxy.port),
             )
             # Its Redis now hangs: the consumer takes the message and is stuck handling it.
@@ -60,7 +62,9 @@ async def test_a_consumer_killed_while_handling_a_completion_is_redelivered_and_
         assert "applied" not in proc.output()  # it died with the message in hand
 
         assert (await system.runtime.runs.get(run.run_id)).status.value == "waiting"
-        await spawn_consumer(processes, system.runtime, tmp_path / "survivor.log")
+        await spawn_role(
+            processes, "consumer", settings, tmp_path / "survivor.log", runtime=system.runtime
+        )
         await wait_status(system.runtime, run, "completed", timeout=20)
         kinds = await types(system.runtime, run)
         assert kinds.count("operation.completed") == 1 and kinds.count("tool.completed") == 1
@@ -83,10 +87,12 @@ async def test_two_consumers_racing_on_copies_of_one_completion_apply_it_once(
         redis_port = urlsplit(settings.redis_url).port or 6379
         async with FaultProxy(redis_port) as first, FaultProxy(redis_port) as second:
             for n, proxy in enumerate((first, second)):
-                await spawn_consumer(
+                await spawn_role(
                     processes,
-                    system.runtime,
+                    "consumer",
+                    settings,
                     tmp_path / f"consumer{n}.log",
+                    runtime=system.runtime,
                     RUNRELAY_REDIS_URL=via(settings.redis_url, proxy.port),
                 )
             first.stall()
