@@ -5,7 +5,8 @@ They extend the one root (`RunRelayError`) so the same handler renders them:
 RunRelayError
 ├── Unauthorized       401: no or bad credentials
 ├── PayloadTooLarge    413: body over RUNRELAY_MAX_BODY_BYTES
-└── TooManyStreams     429: the owner has RUNRELAY_MAX_STREAMS_PER_OWNER streams open
+├── TooManyStreams     429: the owner has RUNRELAY_MAX_STREAMS_PER_OWNER streams open
+└── WebhookDisabled    503: no RUNRELAY_INTERNAL_API_KEY, so the operations webhook is off
 """
 
 from __future__ import annotations
@@ -26,3 +27,10 @@ class PayloadTooLarge(RunRelayError):
 class TooManyStreams(RunRelayError):
     code = "too_many_streams"
     status = 429
+
+
+class WebhookDisabled(RunRelayError):
+    """503: no ``RUNRELAY_INTERNAL_API_KEY`` (or ``CHAT_INTERNAL_API_KEY``) is configured."""
+
+    code = "webhook_disabled"
+    status = 503

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -165,8 +164,3 @@ def load_settings(**overrides: object) -> Settings:
         )
         raise ConfigError(f"invalid settings: {problems}") from None
     return settings
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()

@@ -269,11 +269,11 @@ def test_compose_file_validates() -> None:
 
 
 def test_procfile_commands_exist() -> None:
-    entries = {}
+    entries: dict[str, list[str]] = {}
     for line in (REPO / "Procfile").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            kind, _, command = line.partition(":")
-            entries[kind.strip()] = shlex.split(command)
+            kind, _, text = line.partition(":")
+            entries[kind.strip()] = shlex.split(text)
     assert set(entries) == {"web", "worker", "consumer"}
     for command in entries.values():
         _command(command)

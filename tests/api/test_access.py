@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import jwt
@@ -112,7 +113,9 @@ async def test_oversized_body_is_413(make_api: MakeApi) -> None:
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "payload_too_large"
 
-        async def chunks():  # no Content-Length: the bytes are counted as they arrive
+        async def chunks() -> AsyncIterator[
+            bytes
+        ]:  # no Content-Length: the bytes are counted as they arrive
             yield b'{"tool": "story", "input": {"text": "'
             for _ in range(8):
                 yield b"y" * 512
