@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.auth import Authenticator
+from api.catalogue import ToolCatalogue
 from api.streams import StreamSlots
 from api.tail import TailHub
 from shared.runtime import Runtime
@@ -21,6 +22,7 @@ class ApiState:
     hub: TailHub
     auth: Authenticator
     slots: StreamSlots
+    tools: ToolCatalogue
 
 
 def _state(request: Request) -> ApiState:

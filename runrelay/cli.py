@@ -240,6 +240,44 @@ def cancel(
     _client_command(url, token, action, ONESHOT_RETRIES)
 
 
+@app.command()
+def tools(
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """List the tools runs may name, with their input fields (* = required).
+
+    Example: [cyan]runrelay tools[/cyan]
+    """
+
+    async def action(client: RunRelay) -> int:
+        body = await client.request("GET", "/v1/tools")
+        if as_json:
+            print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+            return EXIT_OK
+        table = Table("tool", "input", "description", title="Tools", title_justify="left")
+        for spec in body.get("tools", []):
+            table.add_row(
+                escape(spec["name"]),
+                escape(_input_fields(spec.get("input_schema") or {})),
+                escape(spec.get("description", "")),
+            )
+        Console(highlight=False).print(table)
+        return EXIT_OK
+
+    _client_command(url, token, action, ONESHOT_RETRIES)
+
+
+def _input_fields(schema: dict[str, Any]) -> str:
+    required = set(schema.get("required", []))
+    fields = []
+    for name, prop in schema.get("properties", {}).items():
+        kind = prop.get("type") or "|".join(p.get("type", "?") for p in prop.get("anyOf", []))
+        fields.append(f"{name}{'*' if name in required else ''}: {kind or 'any'}")
+    return ", ".join(fields)
+
+
 # --- following a run ---------------------------------------------------------------
 
 

@@ -102,6 +102,26 @@ async def test_dev_serves_a_story_to_the_cli_and_stops_on_sigterm(
     assert "runrelay dev stopped" in dev.proc.output()
 
 
+async def test_dev_lists_its_tools_and_refuses_unknown_ones_at_the_door(
+    processes: Processes, tmp_path: Path
+) -> None:
+    env: dict[str, str | None] = {"RUNRELAY_REDIS_URL": None, "RUNRELAY_AMQP_URL": None}
+    dev = await start_dev(processes, tmp_path, env)
+
+    code, out, err = await run_cli("tools", "--url", dev.url)
+    assert code == 0, err
+    assert "story" in out and "prompt*: string" in out and "countdown" in out
+
+    code, out, err = await run_cli("run", "stroy", "--url", dev.url)
+    assert code == 4 and "unknown tool 'stroy'; known tools: countdown" in err, err
+    code, out, err = await run_cli("run", "story", "--input", '{"prompt": 5}', "--url", dev.url)
+    assert code == 4 and "input.prompt: 5 is not of type 'string'" in err, err
+    async with httpx.AsyncClient(base_url=dev.url, timeout=10.0) as http:
+        assert (await http.get("/v1/runs")).json()["runs"] == []
+    dev.proc.terminate()
+    assert await dev.proc.wait_async(30) == 0, dev.proc.output()
+
+
 def test_dev_points_generate_agent_at_its_own_generator_unless_told_otherwise(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

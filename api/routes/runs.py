@@ -91,6 +91,7 @@ async def create_run(
 ) -> Response:
     """Record the run and publish its request; answer once the broker confirmed it."""
     runtime = state.runtime
+    await state.tools.check(body.tool, body.input)  # before anything is stored or queued
     run, created = await runtime.runs.create(
         owner=owner,
         tool=body.tool,

@@ -133,5 +133,15 @@ class EventLog(Protocol):
 
     async def list_workers(self) -> list[dict[str, Any]]: ...
 
+    async def advertise_tools(self, tools: Sequence[Mapping[str, Any]], now: float) -> None:
+        """Record that a worker serves `tools` (dicts with a ``name``) as of `now`.
+
+        Kept by name, the latest advertisement winning, and not removed when the worker
+        leaves: the API remembers a tool for a while so a worker restart is not an outage.
+        """
+
+    async def list_tools(self, since: float) -> list[dict[str, Any]]:
+        """The tools advertised at or after `since`, each with its ``last_seen``, by name."""
+
     async def wake(self, wake_key: str) -> None:
         """Make a `wait` that includes `wake_key` return now (used to add logs to a wait)."""

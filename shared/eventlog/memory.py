@@ -52,6 +52,7 @@ class MemoryEventLog:
         self._ops: dict[str, tuple[Operation, float]] = {}
         self._deadlines: dict[str, float] = {}
         self._workers: dict[str, tuple[dict[str, Any], float]] = {}
+        self._tools: dict[str, dict[str, Any]] = {}
         self._changed = asyncio.Condition()
 
     async def ping(self) -> None:
@@ -286,3 +287,10 @@ class MemoryEventLog:
 
     async def list_workers(self) -> list[dict[str, Any]]:
         return [info for info, until in self._workers.values() if not self._expired(until)]
+
+    async def advertise_tools(self, tools: Sequence[Mapping[str, Any]], now: float) -> None:
+        for spec in tools:
+            self._tools[str(spec["name"])] = {**spec, "last_seen": now}
+
+    async def list_tools(self, since: float) -> list[dict[str, Any]]:
+        return [t for _, t in sorted(self._tools.items()) if t["last_seen"] >= since]

@@ -14,6 +14,7 @@ COMMANDS = [
     "tail",
     "status",
     "cancel",
+    "tools",
     "api",
     "worker",
     "consumer",
