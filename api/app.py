@@ -25,7 +25,7 @@ from api.deps import ApiState
 from api.errors import Unauthorized
 from api.middleware import AccessLog, BodyLimit
 from api.responses import JSONResponse, error_response
-from api.routes import health, operations, runs, sessions, status, tools
+from api.routes import dead, health, operations, runs, sessions, status, tools
 from api.streams import StreamSlots
 from api.tail import TailHub
 from shared.errors import BackendUnavailable, BadRequest, RunRelayError
@@ -131,8 +131,8 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    routers = (runs.router, sessions.router, status.router, tools.router, health.router)
-    for router in (*routers, dashboard.router):
+    routers = [runs.router, sessions.router, status.router, tools.router, dead.router]
+    for router in (*routers, health.router, dashboard.router):
         app.include_router(router)
     app.include_router(operations.router)
     for router in dialects.ROUTERS:

@@ -269,6 +269,88 @@ def tools(
     _client_command(url, token, action, ONESHOT_RETRIES)
 
 
+dead_app = typer.Typer(
+    help=(
+        "Dead letters in runrelay.dead (an operator token: RUNRELAY_ADMIN_OWNERS).\n\n"
+        "Example: [cyan]runrelay dead list[/cyan]"
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(dead_app, name="dead")
+
+
+@dead_app.command("list")
+def dead_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """List dead letters: id, queue, age, reason and the start of the body.
+
+    Example: [cyan]runrelay dead list[/cyan]
+    """
+
+    async def action(client: RunRelay) -> int:
+        body = await client.request("GET", "/v1/dead")
+        if as_json:
+            print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+            return EXIT_OK
+        table = Table("id", "queue", "age", "reason", "body", title="Dead letters")
+        for letter in body.get("dead_letters", []):
+            table.add_row(
+                letter["id"],
+                escape(letter["queue"]),
+                f"{letter['age_s']:.0f}s",
+                escape(letter["reason"]),
+                escape(letter["body_preview"][:60]),
+            )
+        Console(highlight=False).print(table)
+        return EXIT_OK
+
+    _client_command(url, token, action, ONESHOT_RETRIES)
+
+
+@dead_app.command("replay")
+def dead_replay(
+    letter_id: Annotated[str, typer.Argument(help="The dead letter's id (from dead list).")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Publish a dead letter back to the queue it came from.
+
+    Example: [cyan]runrelay dead replay 3f2a9c0d1b2e4f56[/cyan]
+    """
+
+    async def action(client: RunRelay) -> int:
+        letter = await client.request("POST", f"/v1/dead/{letter_id}/replay")
+        print(f"replayed {letter['id']} to {letter['queue']}")
+        return EXIT_OK
+
+    # Not retried: a replay that reached the broker must not be sent twice.
+    _client_command(url, token, action, 0)
+
+
+@dead_app.command("purge")
+def dead_purge(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Delete every dead letter.
+
+    Example: [cyan]runrelay dead purge --yes[/cyan]
+    """
+    if not yes:
+        typer.confirm("Delete every dead letter?", abort=True)
+
+    async def action(client: RunRelay) -> int:
+        body = await client.request("DELETE", "/v1/dead")
+        print(f"purged {body['purged']} dead letters")
+        return EXIT_OK
+
+    _client_command(url, token, action, ONESHOT_RETRIES)
+
+
 def _input_fields(schema: dict[str, Any]) -> str:
     required = set(schema.get("required", []))
     fields = []

@@ -80,6 +80,7 @@ class PublicRun(BaseModel):
     error: str | None = None
     worker: str | None = None
     cancel_requested: bool = False
+    retry_of: str | None = Field(default=None, description="the run this one retries")
 
 
 class RunRecord(PublicRun):

@@ -32,7 +32,7 @@ async def start_run(
 ) -> RunRecord:
     """Create and queue a run exactly as ``POST /v1/runs`` does (same checks, same metrics)."""
     body = native_runs.CreateRun(tool=tool, input=dict(input), session_id=session_id)
-    response = await native_runs.create_run(body, state, owner)
+    response = await native_runs.start_run(state, owner, body)
     created = orjson.loads(response.body)
     return await state.runtime.runs.get(str(created["run_id"]), owner)
 

@@ -16,7 +16,7 @@ from api.deps import ApiState, Owner, State
 from api.openapi import CURSOR, SSE, STREAM_ENDED, errors
 from api.responses import JSONResponse
 from api.streams import EventStreamResponse, event_stream
-from shared.errors import AppendRefused, BackendUnavailable, PublishFailed
+from shared.errors import AppendRefused, BackendUnavailable, Conflict, PublishFailed
 from shared.models import PublicRun, RunRecord, RunRequestMessage, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -90,6 +90,17 @@ async def create_run(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     """Record the run and publish its request; answer once the broker confirmed it."""
+    return await start_run(state, owner, body, idempotency_key)
+
+
+async def start_run(
+    state: ApiState,
+    owner: str,
+    body: CreateRun,
+    idempotency_key: str | None = None,
+    retry_of: str | None = None,
+) -> Response:
+    """Create and queue a run: every way of starting one (routes, dialects, retry) is this."""
     runtime = state.runtime
     await state.tools.check(body.tool, body.input)  # before anything is stored or queued
     run, created = await runtime.runs.create(
@@ -98,6 +109,7 @@ async def create_run(
         input=body.input,
         session_id=body.session_id,
         idempotency_key=idempotency_key,
+        retry_of=retry_of,
     )
     if created:
         metrics.RUNS_CREATED.labels(tool=body.tool).inc()
@@ -147,6 +159,20 @@ async def cancel_run(run_id: str, state: State, owner: Owner) -> dict[str, Any]:
     runs = state.runtime.runs
     run = await runs.cancel(await runs.get(run_id, owner))
     return run.public()
+
+
+@router.post(
+    "/{run_id}/retry",
+    status_code=202,
+    responses={202: {"model": RunCreated}, **errors(401, 404, 409, 422, 429, 503)},
+)
+async def retry_run(run_id: str, state: State, owner: Owner) -> Response:
+    """A new run with the ended run's tool, input and session; it records ``retry_of``."""
+    old = await state.runtime.runs.get(run_id, owner)
+    if not old.terminal:
+        raise Conflict(f"run {run_id} is {old.status.value}; only an ended run can be retried")
+    body = CreateRun(tool=old.tool, input=old.input, session_id=old.session_id)
+    return await start_run(state, owner, body, retry_of=old.run_id)
 
 
 @router.get(

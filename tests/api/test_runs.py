@@ -172,7 +172,7 @@ async def test_health_metrics_docs_and_dashboard(make_api: MakeApi) -> None:
 
 
 async def test_status_reports_queues_workers_and_runs(make_api: MakeApi) -> None:
-    async with make_api() as api, api.client() as http:
+    async with make_api(admin_owners="alice") as api, api.client() as http:
         await api.create_run(http)
         status = (await http.get("/v1/status")).json()
         assert {q["name"] for q in status["queues"]} >= {"runrelay.runs"}

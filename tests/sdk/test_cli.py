@@ -15,6 +15,7 @@ COMMANDS = [
     "status",
     "cancel",
     "tools",
+    "dead",
     "api",
     "worker",
     "consumer",
