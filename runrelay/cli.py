@@ -164,10 +164,12 @@ def run(
             print(created.run_id)
             _stderr().print(
                 f"[dim]run {created.run_id} {created.status}; "
-                f"follow it with: runrelay tail {created.run_id}[/dim]"
+                f"follow it with: runrelay tail {created.run_id}"
+                f"{escape(_resume_options(url, token))}[/dim]",
+                soft_wrap=True,
             )
             return EXIT_OK
-        return await _follow(client, created.run_id, None)
+        return await _follow(client, created.run_id, None, _resume_options(url, token))
 
     _client_command(url, token, action, STREAM_RETRIES if follow else ONESHOT_RETRIES)
 
@@ -187,7 +189,10 @@ def tail(
 
     Exit code: 0 completed, 1 failed, 3 cancelled, 4 API error, 130 interrupted.
     """
-    _client_command(url, token, lambda client: _follow(client, run_id, since), STREAM_RETRIES)
+    options = _resume_options(url, token)
+    _client_command(
+        url, token, lambda client: _follow(client, run_id, since, options), STREAM_RETRIES
+    )
 
 
 @app.command()
@@ -463,7 +468,15 @@ class _Follower:
             self._line_open = False
 
 
-async def _follow(client: RunRelay, run_id: str, since: int | None) -> int:
+def _resume_options(url: str, token: str | None) -> str:
+    """What the printed `tail` command needs to reach the same API as this one did."""
+    options = f" --url {url}" if url != DEFAULT_URL else ""
+    if token is not None and token != os.environ.get("RUNRELAY_TOKEN"):
+        options += " --token $TOKEN"  # given on the command line: never echo a secret
+    return options
+
+
+async def _follow(client: RunRelay, run_id: str, since: int | None, options: str = "") -> int:
     err = _stderr()
     follower = _Follower(err)
     err.print(f"[dim]following run {escape(run_id)}[/dim]")
@@ -475,7 +488,11 @@ async def _follow(client: RunRelay, run_id: str, since: int | None) -> int:
         # Ctrl-C cancels this top-level task; ending it normally gives exit code 130.
         follower.close()
         cursor = f" --since {follower.last_id}" if follower.last_id is not None else ""
-        err.print(f"[yellow]stopped following; the run goes on: runrelay tail {run_id}{cursor}")
+        err.print(
+            "[yellow]stopped following; the run goes on: "
+            f"runrelay tail {run_id}{cursor}{escape(options)}",
+            soft_wrap=True,  # a command to copy: never broken across lines
+        )
         return EXIT_INTERRUPTED
     finally:
         follower.close()
