@@ -300,7 +300,10 @@ def dead_list(
         if as_json:
             print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
             return EXIT_OK
-        table = Table("id", "queue", "age", "reason", "body", title="Dead letters")
+        table = Table(title="Dead letters")
+        table.add_column("id", no_wrap=True, min_width=16)  # the one column to copy whole
+        for name in ("queue", "age", "reason", "body"):
+            table.add_column(name)
         for letter in body.get("dead_letters", []):
             table.add_row(
                 letter["id"],

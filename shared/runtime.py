@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.broker.base import Broker
+from shared.broker.base import Broker, Names
 from shared.errors import ConfigError
 from shared.eventlog.base import EventLog
 from shared.lifecycle import Runs
@@ -20,6 +20,11 @@ class Runtime:
     broker: Broker
     runs: Runs
     embedded: bool
+
+    @property
+    def names(self) -> Names:
+        """This deployment's RabbitMQ names and operation-id tag."""
+        return Names.for_prefix(self.settings.key_prefix)
 
     @classmethod
     def build(cls, settings: Settings, *, allow_embedded: bool = False) -> Runtime:
@@ -78,7 +83,14 @@ def _build_broker(settings: Settings) -> Broker:
     if settings.amqp_url:
         from shared.broker.rabbitmq import RabbitBroker
 
-        return RabbitBroker(settings.amqp_url, max_deliveries=settings.completion_max_redeliveries)
+        return RabbitBroker(
+            settings.amqp_url,
+            max_deliveries=settings.completion_max_redeliveries,
+            names=Names.for_prefix(settings.key_prefix),
+        )
     from shared.broker.memory import MemoryBroker
 
-    return MemoryBroker(max_deliveries=settings.completion_max_redeliveries)
+    return MemoryBroker(
+        max_deliveries=settings.completion_max_redeliveries,
+        names=Names.for_prefix(settings.key_prefix),
+    )

@@ -11,7 +11,10 @@
 - already applied (a duplicate), run ended, run waiting for another operation →
   `Ack`, nothing changes.
 - run cancelled → `Ack`, logged and counted ("recorded and ignored").
-- Redis or RabbitMQ failing → raises; the broker retries, then dead-letters.
+- an operation id minted by another deployment sharing the broker (its queue got its
+  own copy) → `Ack`, counted as `foreign`, never dead-lettered.
+- Redis failing → raises `BackendUnavailable`; the broker requeues the message
+  without counting a delivery, for as long as the outage lasts (never dead-letters).
 
 The early-completion budget needs no state of its own: the retry delays are a
 fixed schedule of the delivery count (`early_delay`), and the broker's TTL
@@ -28,7 +31,7 @@ import orjson
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from shared.broker.base import Ack, Delivery, Outcome, Reject, Retry
+from shared.broker.base import Ack, Delivery, Outcome, Reject, Retry, operation_tag
 from shared.errors import AppendRefused
 from shared.lifecycle import record_from
 from shared.models import Operation, OperationCompleteMessage, RunStatus
@@ -43,7 +46,7 @@ MAX_DELAY_S = 10.0
 COMPLETIONS = Counter(
     "runrelay_completions_total",
     "Completion messages by what became of them: applied, duplicate, ignored_cancelled, "
-    "ignored_ended, stale, early (retried), rejected.",
+    "ignored_ended, stale, early (retried), rejected, foreign (another deployment's).",
     ["result"],
 )
 
@@ -78,6 +81,11 @@ async def handle_completion(runtime: Runtime, delivery: Delivery) -> Outcome:
     except ValidationError as exc:
         COMPLETIONS.labels("rejected").inc()
         return Reject(f"malformed completion: {describe_invalid(exc)}")
+    tag = operation_tag(message.operation_id)
+    if tag is not None and tag != runtime.names.tag:
+        COMPLETIONS.labels("foreign").inc()
+        log.debug("completion %s belongs to another deployment; ignored", message.operation_id)
+        return Ack()
     op = await runtime.log.get_operation(message.operation_id)
     run_id = op.task_id if op is not None else message.task_id
     if op is not None and op.task_id != message.task_id:

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import httpx
 import orjson
 
-from shared.lifecycle import new_id
+from shared.broker.base import new_operation_id
 from shared.models import Operation, RunRecord
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -107,7 +107,7 @@ class RunContext:
         Stored first so that a completion arriving before `delegate` finds it.
         """
         op = Operation(
-            operation_id=new_id("op"),
+            operation_id=new_operation_id(self.runtime.names.tag),
             task_id=self.run.run_id,
             session_id=self.run.session_id,
             tool_call_id=self.tool_call_id,

@@ -8,17 +8,31 @@ outcomes to broker operations in exactly one place:
   goes to the dead-letter queue instead. A retry never holds a consumer slot
   while it waits.
 - `Reject(reason)`: can never be processed; dead-letter it with the reason.
+- `Requeue(delay_s, reason)`: the message is fine but a backend is not (Redis away,
+  a connection reset): try again after `delay_s`, counting no delivery. It never
+  reaches the dead-letter queue, however long the outage lasts, because an
+  infrastructure error is not a property of the message.
 
-A handler that raises counts as `Retry(1.0, <the error>)`.
+`settle_outcome` runs a handler for the backends: a handler that raises
+`BackendUnavailable` counts as `Requeue` (with a delay that grows with the
+message's requeues, up to `REQUEUE_MAX_S`), any other exception as
+`Retry(1.0, <the error>)`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from shared.errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
 
 RUNS_EXCHANGE = "runrelay.runs"
 RUNS_QUEUE = "runrelay.runs"
@@ -28,6 +42,72 @@ COMPLETIONS_QUEUE = "chat_operation_complete"
 COMPLETIONS_ROUTING_KEY = "operation.complete"
 DEAD_EXCHANGE = "runrelay.dead"
 DEAD_QUEUE = "runrelay.dead"
+
+DEFAULT_PREFIX = "runrelay:"
+
+
+def deployment_tag(prefix: str) -> str:
+    """A short, stable name for the deployment of `prefix`; "" for the default prefix."""
+    if prefix == DEFAULT_PREFIX:
+        return ""
+    return hashlib.sha256(prefix.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The RabbitMQ names of one deployment (SPEC §6).
+
+    The default prefix keeps the contract's names. Any other `RUNRELAY_KEY_PREFIX`
+    puts its namespace into runrelay's own exchanges and queues, and gives the
+    deployment its own queue on the external completion exchange, bound with the
+    same routing key: every deployment on the broker gets a copy of each completion
+    and keeps only its own (operation ids name their deployment, see `operation_tag`).
+    """
+
+    runs_exchange: str = RUNS_EXCHANGE
+    runs_queue: str = RUNS_QUEUE
+    completions_queue: str = COMPLETIONS_QUEUE
+    dead_exchange: str = DEAD_EXCHANGE
+    dead_queue: str = DEAD_QUEUE
+    tag: str = ""
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> Names:
+        tag = deployment_tag(prefix)
+        if not tag:
+            return cls()
+        stem = prefix.rstrip(":")
+        ns = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+        if ns != stem or not ns:
+            ns = f"{ns}-{tag}"  # distinct prefixes stay distinct after the substitution
+        return cls(
+            runs_exchange=f"runrelay.{ns}.runs",
+            runs_queue=f"runrelay.{ns}.runs",
+            completions_queue=f"{COMPLETIONS_QUEUE}.{ns}",
+            dead_exchange=f"runrelay.{ns}.dead",
+            dead_queue=f"runrelay.{ns}.dead",
+            tag=tag,
+        )
+
+
+_OPERATION_ID = re.compile(r"op_(?:([0-9a-f]{8})_)?[0-9a-f]{32}")
+
+
+def operation_tag(operation_id: str) -> str | None:
+    """The deployment tag an operation id was minted with ("" = default); None if not ours."""
+    match = _OPERATION_ID.fullmatch(operation_id)
+    if match is None:
+        return None
+    return match.group(1) or ""
+
+
+def new_operation_id(tag: str) -> str:
+    """A fresh operation id naming the deployment `tag` (see `Names`)."""
+    return f"op_{tag}_{uuid.uuid4().hex}" if tag else f"op_{uuid.uuid4().hex}"
+
+
+REQUEUE_FIRST_S = 0.25
+REQUEUE_MAX_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +126,13 @@ class Reject:
     reason: str
 
 
-Outcome = Ack | Retry | Reject
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    delay_s: float
+    reason: str
+
+
+Outcome = Ack | Retry | Reject | Requeue
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +142,27 @@ class Delivery:
     body: bytes
     deliveries: int  # 1 on first delivery, counting redeliveries and retries
     headers: dict[str, object] = field(default_factory=dict)
+    requeues: int = 0  # times it waited for a backend (`Requeue`); not deliveries
 
 
 Handler = Callable[[Delivery], Awaitable[Outcome]]
+
+
+def requeue_delay(requeues: int) -> float:
+    """Doubling from `REQUEUE_FIRST_S` with each requeue, capped at `REQUEUE_MAX_S`."""
+    return float(min(REQUEUE_MAX_S, REQUEUE_FIRST_S * 2 ** min(requeues, 16)))
+
+
+async def settle_outcome(queue: str, handler: Handler, delivery: Delivery) -> Outcome:
+    """The handler's outcome; an exception from it becomes one (see the module doc)."""
+    try:
+        return await handler(delivery)
+    except BackendUnavailable as exc:
+        log.warning("handling a message from %s: %s; requeued", queue, exc)
+        return Requeue(requeue_delay(delivery.requeues), str(exc))
+    except Exception as exc:
+        log.warning("handler for %s raised; retrying", queue, exc_info=True)
+        return Retry(1.0, repr(exc))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,17 +14,17 @@ from collections import deque
 from dataclasses import dataclass
 
 from shared.broker.base import (
-    COMPLETIONS_QUEUE,
-    DEAD_QUEUE,
-    RUNS_QUEUE,
     Ack,
     DeadLetter,
     Delivery,
     Handler,
+    Names,
     Outcome,
     QueueStats,
     Reject,
+    Requeue,
     Retry,
+    settle_outcome,
 )
 from shared.errors import BackendUnavailable, NotFound, PublishFailed
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 class _Message:
     body: bytes
     deliveries: int = 1
+    requeues: int = 0
 
 
 class _Queue:
@@ -47,11 +48,12 @@ class _Queue:
 class MemoryBroker:
     """The `Broker` in this process's memory."""
 
-    def __init__(self, max_deliveries: int = 5) -> None:
+    def __init__(self, max_deliveries: int = 5, names: Names | None = None) -> None:
         self.max_deliveries = max_deliveries
+        self.names = names or Names()
         self._connected = False
-        self._runs = _Queue(RUNS_QUEUE)
-        self._completions = _Queue(COMPLETIONS_QUEUE)
+        self._runs = _Queue(self.names.runs_queue)
+        self._completions = _Queue(self.names.completions_queue)
         self._dead: deque[DeadLetter] = deque()
         self._timers: set[asyncio.TimerHandle] = set()
         self._consumers: set[_MemoryConsumer] = set()
@@ -96,12 +98,10 @@ class MemoryBroker:
         return consumer
 
     async def _handle(self, queue: _Queue, handler: Handler, message: _Message) -> None:
-        delivery = Delivery(body=message.body, deliveries=message.deliveries)
-        try:
-            outcome = await handler(delivery)
-        except Exception as exc:
-            log.warning("handler for %s raised; retrying", queue.name, exc_info=True)
-            outcome = Retry(1.0, repr(exc))
+        delivery = Delivery(
+            body=message.body, deliveries=message.deliveries, requeues=message.requeues
+        )
+        outcome = await settle_outcome(queue.name, handler, delivery)
         self._settle(queue, message, outcome)
 
     def _settle(self, queue: _Queue, message: _Message, outcome: Outcome) -> None:
@@ -115,7 +115,10 @@ class MemoryBroker:
                 reason = f"max deliveries exceeded: {reason}"
                 self._dead.append(DeadLetter(message.body, reason, queue.name))
             case Retry(delay_s=delay_s):
-                again = _Message(message.body, message.deliveries + 1)
+                again = _Message(message.body, message.deliveries + 1, message.requeues)
+                self._later(max(0.0, delay_s), queue, again)
+            case Requeue(delay_s=delay_s):
+                again = _Message(message.body, message.deliveries, message.requeues + 1)
                 self._later(max(0.0, delay_s), queue, again)
 
     def _later(self, delay_s: float, queue: _Queue, message: _Message) -> None:
@@ -131,7 +134,7 @@ class MemoryBroker:
         return [
             QueueStats(q.name, q.ready.qsize(), q.consumers)
             for q in (self._runs, self._completions)
-        ] + [QueueStats(DEAD_QUEUE, len(self._dead), 0)]
+        ] + [QueueStats(self.names.dead_queue, len(self._dead), 0)]
 
     async def take_dead_letters(self, limit: int) -> list[DeadLetter]:
         await self.ping()

@@ -43,28 +43,27 @@ from aio_pika.robust_connection import RobustConnection
 
 from shared.broker.base import (
     COMPLETIONS_EXCHANGE,
-    COMPLETIONS_QUEUE,
     COMPLETIONS_ROUTING_KEY,
-    DEAD_EXCHANGE,
-    DEAD_QUEUE,
-    RUNS_EXCHANGE,
-    RUNS_QUEUE,
     RUNS_ROUTING_KEY,
     Ack,
     DeadLetter,
     Delivery,
     Handler,
+    Names,
     Outcome,
     QueueStats,
     Reject,
+    Requeue,
     Retry,
     new_dead_letter_id,
+    settle_outcome,
 )
 from shared.errors import BackendUnavailable, NotFound, PublishFailed
 
 log = logging.getLogger(__name__)
 
 DELIVERIES_HEADER = "x-runrelay-deliveries"
+REQUEUES_HEADER = "x-runrelay-requeues"
 REASON_HEADER = "x-runrelay-reason"
 SOURCE_HEADER = "x-runrelay-source"
 DEAD_ID_HEADER = "x-runrelay-dead-id"
@@ -174,28 +173,31 @@ class RabbitBroker:
         name: str = "runrelay",
         publish_timeout_s: float = 10.0,
         connect_timeout_s: float = 10.0,
+        names: Names | None = None,
     ) -> None:
         self.max_deliveries = max_deliveries
+        self.names = names = names or Names()
         self._url = url
         self._where = _masked(url)
         self._name = name
         self._publish_timeout_s = publish_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._runs = _Route(
-            RUNS_QUEUE,
-            RUNS_EXCHANGE,
+            names.runs_queue,
+            names.runs_exchange,
             RUNS_ROUTING_KEY,
             {
                 "x-queue-type": "quorum",
                 # RabbitMQ < 4.0 has no default limit: a message that keeps
                 # crashing consumers would be redelivered forever.
                 "x-delivery-limit": max_deliveries,
-                "x-dead-letter-exchange": DEAD_EXCHANGE,
+                "x-dead-letter-exchange": names.dead_exchange,
             },
         )
         # External services may declare it as a classic queue with no arguments.
+        # Another deployment's queue on the same exchange and key (see `Names`).
         self._completions = _Route(
-            COMPLETIONS_QUEUE, COMPLETIONS_EXCHANGE, COMPLETIONS_ROUTING_KEY, {}
+            names.completions_queue, COMPLETIONS_EXCHANGE, COMPLETIONS_ROUTING_KEY, {}
         )
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
@@ -231,12 +233,13 @@ class RabbitBroker:
         self._connection = connection
 
     async def _declare(self, channel: AbstractRobustChannel, admin: AbstractRobustChannel) -> None:
+        names = self.names
         dead = await channel.declare_exchange(
-            DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+            names.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
         )
-        dead_queue = await channel.declare_queue(DEAD_QUEUE, durable=True)
+        dead_queue = await channel.declare_queue(names.dead_queue, durable=True)
         await dead_queue.bind(dead)
-        self._exchanges[DEAD_EXCHANGE] = dead
+        self._exchanges[names.dead_exchange] = dead
         for route in (self._runs, self._completions):
             exchange = await channel.declare_exchange(
                 route.exchange, aio_pika.ExchangeType.DIRECT, durable=True
@@ -255,7 +258,7 @@ class RabbitBroker:
             )
             self._exchanges[route.exchange] = exchange
         self._exchanges[""] = channel.default_exchange
-        self._dead_queue = await admin.declare_queue(DEAD_QUEUE, durable=True)
+        self._dead_queue = await admin.declare_queue(names.dead_queue, durable=True)
 
     async def close(self) -> None:
         for consumer in list(self._consumers):
@@ -275,7 +278,7 @@ class RabbitBroker:
             raise BackendUnavailable(f"not connected to RabbitMQ at {self._where}")
 
     async def publish_run(self, body: bytes) -> None:
-        await self._publish(RUNS_EXCHANGE, RUNS_ROUTING_KEY, body)
+        await self._publish(self.names.runs_exchange, RUNS_ROUTING_KEY, body)
 
     async def publish_completion(self, body: bytes) -> None:
         await self._publish(COMPLETIONS_EXCHANGE, COMPLETIONS_ROUTING_KEY, body)
@@ -329,14 +332,14 @@ class RabbitBroker:
     async def _handle(
         self, route: _Route, handler: Handler, message: AbstractIncomingMessage
     ) -> None:
+        requeues = (message.headers or {}).get(REQUEUES_HEADER)
         delivery = Delivery(
-            body=message.body, deliveries=deliveries_of(message), headers=dict(message.headers)
+            body=message.body,
+            deliveries=deliveries_of(message),
+            headers=dict(message.headers),
+            requeues=requeues if isinstance(requeues, int) and requeues > 0 else 0,
         )
-        try:
-            outcome = await handler(delivery)
-        except Exception as exc:
-            log.warning("handler for %s raised; retrying", route.queue, exc_info=True)
-            outcome = Retry(1.0, repr(exc))
+        outcome = await settle_outcome(route.queue, handler, delivery)
         await self._settle(route, message, delivery, outcome)
 
     async def _settle(
@@ -363,6 +366,13 @@ class RabbitBroker:
                     await self._publish(
                         "", route.retry_queue, message.body, headers, expiration_s=delay_s
                     )
+                case Requeue(delay_s=delay_s):
+                    # The deliveries so far stay as they were: this wait is not the message's.
+                    headers[DELIVERIES_HEADER] = delivery.deliveries
+                    headers[REQUEUES_HEADER] = delivery.requeues + 1
+                    await self._publish(
+                        "", route.retry_queue, message.body, headers, expiration_s=delay_s
+                    )
             await message.ack()
         except PublishFailed:
             # Not dead-lettered nor scheduled: give it back so it is not lost.
@@ -383,9 +393,10 @@ class RabbitBroker:
             REASON_HEADER: reason,
             SOURCE_HEADER: route.queue,
             DEAD_ID_HEADER: new_dead_letter_id(),
-            DEAD_AT_HEADER: time.time(),
+            # Milliseconds as an integer: an AMQP float header is 32-bit (±2 minutes).
+            DEAD_AT_HEADER: int(time.time() * 1000),
         }
-        await self._publish(DEAD_EXCHANGE, route.queue, body, headers)
+        await self._publish(self.names.dead_exchange, route.queue, body, headers)
 
     def _admin_channel(self) -> AbstractRobustChannel:
         if self._admin is None or not self._connected():
@@ -396,7 +407,7 @@ class RabbitBroker:
         channel = await self._admin_channel().get_underlay_channel()
         result = []
         try:
-            for name in (RUNS_QUEUE, COMPLETIONS_QUEUE, DEAD_QUEUE):
+            for name in (self._runs.queue, self._completions.queue, self.names.dead_queue):
                 ok = await channel.queue_declare(name, passive=True, timeout=5)
                 result.append(QueueStats(name, ok.message_count or 0, ok.consumer_count or 0))
         except Exception as exc:
@@ -493,9 +504,8 @@ def _dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
     # x-first-death-* instead of our headers, and no id: theirs is derived from them.
     reason = _text(headers.get(REASON_HEADER, headers.get("x-first-death-reason", "unknown")))
     source = _text(headers.get(SOURCE_HEADER, headers.get("x-first-death-queue", "unknown")))
-    dead_at = headers.get(DEAD_AT_HEADER)
-    if not isinstance(dead_at, int | float):
-        dead_at = _first_death_time(headers)
+    dead_at_ms = headers.get(DEAD_AT_HEADER)
+    dead_at = dead_at_ms / 1000 if isinstance(dead_at_ms, int) else _first_death_time(headers)
     letter_id = headers.get(DEAD_ID_HEADER)
     if letter_id is None:
         seed = message.body + f"|{reason}|{source}|{dead_at}".encode()

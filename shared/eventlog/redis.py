@@ -11,9 +11,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import AppendRefused, BackendUnavailable, Conflict, NotFound
 from shared.eventlog import scripts
@@ -24,8 +22,17 @@ from shared.models import Operation, Page, StoredEvent, utcnow
 # Commands on the shared pool must fail fast when Redis is gone; blocking reads get
 # their own pool with a timeout longer than any block they issue.
 _COMMAND_TIMEOUT_S = 5.0
-_BLOCK_SLACK_S = 5.0
 _INDEX_CACHE = 100_000
+
+# Everything the client library or its transport raises while Redis is away, failing
+# over or restarting. redis-py raises its own ConnectionError/TimeoutError for most of
+# them, but not all: a write on a transport that uvloop has closed raises RuntimeError
+# ("unable to perform operation on <TCPTransport closed=True>"), a reset mid-read can
+# surface as a bare OSError or EOFError, and a node that is loading, read-only (a
+# demoted master) or without a quorum answers with an error reply (ResponseError).
+# Every one of them becomes `BackendUnavailable` here, so no caller ever mistakes a
+# backend blip for a bad request or a tool's failure.
+_BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, EOFError, RuntimeError)
 
 
 def _seq(stream_id: bytes | str) -> int:
@@ -194,13 +201,10 @@ class RedisEventLog:
 
     def _unavailable(self, exc: Exception) -> BackendUnavailable:
         host = self._url.rpartition("@")[2]
-        return BackendUnavailable(f"Redis at {host} is unavailable: {exc}")
+        return BackendUnavailable(f"Redis at {host} is unavailable: {type(exc).__name__}: {exc}")
 
     async def ping(self) -> None:
-        try:
-            await self._redis.ping()
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        await self._call(self._redis.ping())
 
     async def close(self) -> None:
         await self._feed.reset()
@@ -220,7 +224,7 @@ class RedisEventLog:
     async def _call(self, coro: Any) -> Any:
         try:
             return await coro
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _BACKEND_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
     async def _session_of(self, run_id: str) -> str | None:
@@ -405,7 +409,7 @@ class RedisEventLog:
             return await self._xread(self._blocking, cursors, count, timeout_s)
         try:
             ready = await self._feed.ready(cursors, timeout_s)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _BACKEND_ERRORS as exc:
             await self._feed.reset()
             raise self._unavailable(exc) from exc
         if not ready:
@@ -425,7 +429,7 @@ class RedisEventLog:
         block = None if timeout_s is None else max(1, int(timeout_s * 1000))
         try:
             reply: Any = await client.xread(streams, count=count, block=block)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _BACKEND_ERRORS as exc:
             raise self._unavailable(exc) from exc
         # RESP3 answers a map, RESP2 a list of [key, entries].
         pairs = reply.items() if isinstance(reply, dict) else reply or []

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.tail import TailHub
-from shared.broker.base import Broker
+from shared.broker.base import Broker, Names
 from shared.eventlog.base import EventLog
 from shared.lifecycle import Runs
 from shared.models import RunRecord, RunStatus
@@ -105,7 +105,11 @@ def build_runtime(settings: Settings, backend: str, client_name: str | None) -> 
             max_events=settings.stream_max_events,
             client_name=client_name,
         )
-        broker = RabbitBroker(settings.amqp_url, name="runrelay-api-test")
+        broker = RabbitBroker(
+            settings.amqp_url,
+            name="runrelay-api-test",
+            names=Names.for_prefix(settings.key_prefix),
+        )
     else:
         from shared.broker.memory import MemoryBroker
         from shared.eventlog.memory import MemoryEventLog
@@ -115,7 +119,7 @@ def build_runtime(settings: Settings, backend: str, client_name: str | None) -> 
             ttl_s=settings.stream_ttl_s,
             max_events=settings.stream_max_events,
         )
-        broker = MemoryBroker()
+        broker = MemoryBroker(names=Names.for_prefix(settings.key_prefix))
     runs = Runs(log, publish_grace_s=settings.publish_grace_s)
     return Runtime(settings, log, broker, runs, embedded=backend != "real")
 

@@ -175,6 +175,6 @@ async def test_status_reports_queues_workers_and_runs(make_api: MakeApi) -> None
     async with make_api(admin_owners="alice") as api, api.client() as http:
         await api.create_run(http)
         status = (await http.get("/v1/status")).json()
-        assert {q["name"] for q in status["queues"]} >= {"runrelay.runs"}
+        assert {q["name"] for q in status["queues"]} >= {api.runtime.names.runs_queue}
         assert status["runs_by_status"] == {"queued": 1}
         assert status["workers"] == []

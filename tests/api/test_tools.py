@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from api.catalogue import TOOL_MEMORY_S
-from shared.broker.base import RUNS_QUEUE, Broker
+from shared.runtime import Runtime
 from tests.api.conftest import MakeApi
 from workers.worker import Worker
 
@@ -52,14 +52,14 @@ async def test_unknown_tools_and_bad_input_are_422_naming_the_field_and_nothing_
         ({"tool": "countdown", "input": {"seconds": "3"}}, "input.seconds", "is not of type"),
     ]
     async with make_api() as api, api.client() as http:
-        queued = await _queued(api.runtime.broker)
+        queued = await _queued(api.runtime)
         for body, field, why in cases:
             response = await http.post("/v1/runs", json=body)
             assert response.status_code == 422, (body, response.text)
             error = response.json()["error"]
             assert error["field"] == field and why in error["message"], (body, error)
         assert (await http.get("/v1/runs")).json()["runs"] == []
-        assert await _queued(api.runtime.broker) == queued  # the vhost is the session's
+        assert await _queued(api.runtime) == queued  # the vhost is the session's
 
 
 async def test_a_tool_not_advertised_for_the_memory_window_is_refused(make_api: MakeApi) -> None:
@@ -71,5 +71,6 @@ async def test_a_tool_not_advertised_for_the_memory_window_is_refused(make_api: 
         assert refused.status_code == 422 and refused.json()["error"]["field"] == "tool"
 
 
-async def _queued(broker: Broker) -> int:
-    return next(q.messages for q in await broker.stats() if q.name == RUNS_QUEUE)
+async def _queued(runtime: Runtime) -> int:
+    stats = await runtime.broker.stats()
+    return next(q.messages for q in stats if q.name == runtime.names.runs_queue)

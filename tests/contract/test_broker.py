@@ -26,10 +26,13 @@ from shared.broker.base import (
     Broker,
     DeadLetter,
     Delivery,
+    Names,
     Outcome,
     QueueStats,
     Reject,
     Retry,
+    new_operation_id,
+    operation_tag,
 )
 from shared.broker.memory import MemoryBroker
 from shared.broker.rabbitmq import RabbitBroker, outgoing_message
@@ -240,6 +243,78 @@ async def test_a_retry_comes_back_later_and_dead_letters_after_max_deliveries(
         later - earlier for earlier, later in zip(handler.times, handler.times[1:], strict=False)
     ]
     assert all(gap >= 0.09 for gap in gaps), gaps
+
+
+async def test_a_handler_whose_backend_is_away_is_requeued_past_max_deliveries_never_dead(
+    broker: Broker,
+) -> None:
+    # Redis away for longer than MAX_DELIVERIES attempts: the message waits, uncounted.
+    away = MAX_DELIVERIES + 1
+
+    async def redis_away_then_back(delivery: Delivery) -> Outcome:
+        handler.seen.append(delivery)
+        if len(handler.seen) <= away:
+            raise BackendUnavailable("Redis at 127.0.0.1:1 is unavailable")
+        return Ack()
+
+    handler = Recorder()
+    consumer = await broker.consume_completions(redis_away_then_back, prefetch=1)
+    await broker.publish_completion(b"c1")
+
+    await wait_for(lambda: len(handler.seen) == away + 1, timeout=30, message="not redelivered")
+    await consumer.stop()
+    assert await broker.take_dead_letters(10) == []
+    assert [d.deliveries for d in handler.seen] == [1] * (away + 1)
+    assert [d.requeues for d in handler.seen] == list(range(away + 1))
+
+
+async def test_two_deployments_on_one_broker_keep_their_own_runs_and_both_hear_completions(
+    vhost_url: str,
+) -> None:
+    ours = RabbitBroker(vhost_url, names=Names.for_prefix("runrelay:"))
+    theirs = RabbitBroker(vhost_url, names=Names.for_prefix("acme:"))
+    assert theirs.names.runs_queue == "runrelay.acme.runs"
+    assert theirs.names.completions_queue == "chat_operation_complete.acme"
+    await ours.connect()
+    await theirs.connect()
+    try:
+        our_runs, their_runs = Recorder(), Recorder()
+        our_done, their_done = Recorder(), Recorder()
+        consumers = [
+            await ours.consume_runs(our_runs, prefetch=4),
+            await theirs.consume_runs(their_runs, prefetch=4),
+            await ours.consume_completions(our_done, prefetch=4),
+            await theirs.consume_completions(their_done, prefetch=4),
+        ]
+        await ours.publish_run(b"ours")
+        await theirs.publish_run(b"theirs")
+        await ours.publish_completion(b"done")  # the external contract: one exchange, one key
+
+        await wait_for(
+            lambda: (
+                len(our_done.seen) == len(their_done.seen) == 1
+                and len(our_runs.seen) == len(their_runs.seen) == 1
+            ),
+            timeout=10,
+        )
+        for consumer in consumers:
+            await consumer.stop()
+        assert [d.body for d in our_runs.seen] == [b"ours"]
+        assert [d.body for d in their_runs.seen] == [b"theirs"]
+        assert [d.body for d in our_done.seen] == [d.body for d in their_done.seen] == [b"done"]
+    finally:
+        await ours.close()
+        await theirs.close()
+
+
+def test_operation_ids_name_their_deployment() -> None:
+    default, acme = Names.for_prefix("runrelay:"), Names.for_prefix("acme:")
+    assert default == Names() and default.tag == ""
+    assert operation_tag(new_operation_id(default.tag)) == ""
+    assert operation_tag(new_operation_id(acme.tag)) == acme.tag != ""
+    assert operation_tag("op_ghost") is None  # not minted by runrelay: handled as before
+    # Prefixes that differ only in characters a queue name should not carry stay apart.
+    assert Names.for_prefix("a b:").runs_queue != Names.for_prefix("a_b:").runs_queue
 
 
 async def test_a_waiting_retry_holds_no_consumer_slot(broker: Broker) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shared.broker.base import RUNS_QUEUE
 from tests.faults.invariants import run_ended_once
 from tests.operations.conftest import MakeSystem, handled, wait_handled
 from tests.support.wait import wait_for
@@ -60,7 +59,7 @@ async def test_run_requests_from_the_future_the_past_and_twice_execute_the_run_o
 
         async def queue_empty() -> bool:
             stats = {q.name: q for q in await runtime.broker.stats()}
-            return stats[RUNS_QUEUE].messages == 0
+            return stats[runtime.names.runs_queue].messages == 0
 
         await wait_for(queue_empty, timeout=10)
         after = await run_ended_once(runtime, run.run_id)

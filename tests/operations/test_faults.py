@@ -9,7 +9,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from shared.broker.base import COMPLETIONS_QUEUE
 from shared.runtime import Runtime
 from tests.operations.conftest import MakeSystem
 from tests.support.procs import Processes
@@ -28,7 +27,7 @@ CONSUMER += "run_consumer(load_settings())"
 async def completions_queue(runtime: Runtime) -> tuple[int, int]:
     """(ready messages, consumers) of chat_operation_complete."""
     for queue in await runtime.broker.stats():
-        if queue.name == COMPLETIONS_QUEUE:
+        if queue.name == runtime.names.completions_queue:
             return queue.messages, queue.consumers
     raise AssertionError("no completions queue")
 

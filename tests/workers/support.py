@@ -12,6 +12,7 @@ from shared.models import RunRecord, RunRequestMessage
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.support.procs import Proc, Processes
+from tests.support.shipped import role_env
 from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,20 +71,7 @@ async def wait_status(
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str | None]:
     """The environment of a worker process on the same backends and prefix as `settings`."""
-    env: dict[str, str | None] = {
-        "RUNRELAY_REDIS_URL": settings.redis_url,
-        "RUNRELAY_AMQP_URL": settings.amqp_url,
-        "RUNRELAY_KEY_PREFIX": settings.key_prefix,
-        "RUNRELAY_LEASE_S": str(settings.lease_s),
-        "RUNRELAY_MAX_ATTEMPTS": str(settings.max_attempts),
-        "RUNRELAY_PUBLISH_GRACE_S": str(settings.publish_grace_s),
-        "RUNRELAY_SHUTDOWN_GRACE_S": str(settings.shutdown_grace_s),
-        "RUNRELAY_WORKER_CONCURRENCY": str(settings.worker_concurrency),
-        "RUNRELAY_TOOLS": "tests.workers.sample_tools",
-        "PYTHONPATH": str(REPO),
-    }
-    env.update(extra)
-    return env
+    return role_env(settings, RUNRELAY_TOOLS="tests.workers.sample_tools", **extra)
 
 
 async def spawn_worker(

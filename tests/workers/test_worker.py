@@ -82,7 +82,7 @@ async def test_a_duplicated_message_executes_the_run_once(real: Worker) -> None:
 
 async def _queue_empty(worker: Worker) -> bool:
     stats = {s.name: s for s in await worker.runtime.broker.stats()}
-    return stats["runrelay.runs"].messages == 0 and not worker.executions
+    return stats[worker.runtime.names.runs_queue].messages == 0 and not worker.executions
 
 
 async def test_a_malformed_message_is_dead_lettered_with_a_reason(real: Worker) -> None:
