@@ -4,6 +4,7 @@ They extend the one root (`RunRelayError`) so the same handler renders them:
 
 RunRelayError
 ├── Unauthorized       401: no or bad credentials
+├── Forbidden          403: an operator route, and the owner is not in RUNRELAY_ADMIN_OWNERS
 ├── PayloadTooLarge    413: body over RUNRELAY_MAX_BODY_BYTES
 ├── TooManyStreams     429: the owner has RUNRELAY_MAX_STREAMS_PER_OWNER streams open
 └── WebhookDisabled    503: no RUNRELAY_INTERNAL_API_KEY, so the operations webhook is off
@@ -17,6 +18,11 @@ from shared.errors import RunRelayError
 class Unauthorized(RunRelayError):
     code = "unauthorized"
     status = 401
+
+
+class Forbidden(RunRelayError):
+    code = "forbidden"
+    status = 403
 
 
 class PayloadTooLarge(RunRelayError):

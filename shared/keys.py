@@ -79,3 +79,6 @@ class Keys:
 
     def workers_info(self) -> str:
         return f"{self.prefix}workers:info"
+
+    def tools(self) -> str:
+        return f"{self.prefix}tools"

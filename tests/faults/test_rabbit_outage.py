@@ -69,7 +69,9 @@ async def test_runs_queued_running_and_waiting_all_complete_across_a_rabbitmq_re
             await asyncio.to_thread(node.stop)
             async with system.client() as http, asyncio.timeout(30):
                 # No broker, no run: the API refuses rather than accepting what it cannot queue.
-                refused = await http.post("/v1/runs", json={"tool": "story", "input": {}})
+                refused = await http.post(
+                    "/v1/runs", json={"tool": "story", "input": {"prompt": "hi"}}
+                )
                 assert refused.status_code == 503, refused.text
             await asyncio.sleep(DOWN_S)  # the outage itself, not a wait for a condition
             await asyncio.to_thread(node.start)
