@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from shared.broker.base import Ack, Consumer, Delivery, Outcome, Reject, Retry
 from shared.errors import BackendUnavailable, NotFound
 from shared.models import RunRequestMessage, RunStatus, describe_invalid, seconds_since, utcnow
-from shared.runtime import Runtime
+from shared.runtime import Runtime, naming_setting
 from shared.settings import Settings
 from workers import metrics
 from workers.execution import Execution
@@ -84,9 +84,10 @@ class Worker:
         self._tool_specs = tool_specs()
         if self.owns_runtime:
             await self.runtime.start()
-        self._consumer = await self.runtime.broker.consume_runs(
-            self._on_message, prefetch=self.settings.worker_concurrency
-        )
+        with naming_setting("RUNRELAY_AMQP_URL"):
+            self._consumer = await self.runtime.broker.consume_runs(
+                self._on_message, prefetch=self.settings.worker_concurrency
+            )
         # After consuming starts, so a listed worker is one that takes runs.
         await self._heartbeat_once()
         self._background.append(asyncio.create_task(self._heartbeats(), name="worker heartbeat"))

@@ -39,6 +39,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from aio_pika.connection import make_url
 from aio_pika.robust_connection import RobustConnection
 
 from shared.broker.base import (
@@ -207,30 +208,46 @@ class RabbitBroker:
         self._consumers: set[_RabbitConsumer] = set()
 
     async def connect(self) -> None:
+        """Connect and declare the topology, all within `connect_timeout_s`, or raise.
+
+        Every step is bounded: a broker that accepts the connection but never answers
+        an RPC (seen after a kill -9, while it recovers its quorum queues) must not
+        leave the process waiting forever with nothing said.
+        """
+        connection: AbstractRobustConnection | None = None
+        step = "connecting"
         try:
-            connection = await aio_pika.connect_robust(
-                self._url,
-                connection_class=_BackoffConnection,
-                reconnect_interval=RECONNECT_FIRST_S,
-                client_properties={"connection_name": self._name},
-                timeout=self._connect_timeout_s,
-            )
+            async with asyncio.timeout(self._connect_timeout_s):
+                # Built here rather than by `connect_robust`, so that a start that
+                # times out still holds the connection and can close it (and its
+                # reconnect task) instead of leaking it.
+                connection = _BackoffConnection(
+                    make_url(self._url),
+                    client_properties={"connection_name": self._name},
+                    reconnect_interval=RECONNECT_FIRST_S,
+                )
+                await connection.connect(timeout=self._connect_timeout_s)
+                step = "declaring the topology"
+                self._publisher = await connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                self._admin = await connection.channel(publisher_confirms=False)
+                await self._declare(self._publisher, self._admin)
         except Exception as exc:  # every failure here means the same thing to the caller
-            raise BackendUnavailable(
-                f"RabbitMQ unreachable at {self._where}: {type(exc).__name__}: {exc}"
-            ) from exc
-        try:
-            self._publisher = await connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
-            self._admin = await connection.channel(publisher_confirms=False)
-            await self._declare(self._publisher, self._admin)
-        except Exception as exc:
-            await connection.close()
-            raise BackendUnavailable(
-                f"RabbitMQ at {self._where} refused the topology: {type(exc).__name__}: {exc}"
-            ) from exc
+            if connection is not None:
+                await _close_quietly(connection, self._connect_timeout_s)
+            self._publisher = self._admin = self._dead_queue = None
+            self._exchanges.clear()
+            raise BackendUnavailable(self._startup_failure(step, exc)) from exc
         self._connection = connection
+
+    def _startup_failure(self, step: str, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError):
+            limit = self._connect_timeout_s
+            return f"RabbitMQ at {self._where} did not answer within {limit} s ({step})"
+        if step == "connecting":
+            return f"RabbitMQ unreachable at {self._where}: {type(exc).__name__}: {exc}"
+        return f"RabbitMQ at {self._where} failed while {step}: {type(exc).__name__}: {exc}"
 
     async def _declare(self, channel: AbstractRobustChannel, admin: AbstractRobustChannel) -> None:
         names = self.names
@@ -264,7 +281,9 @@ class RabbitBroker:
         for consumer in list(self._consumers):
             await consumer.stop()
         if self._connection is not None:
-            await self._connection.close()
+            # Bounded: a process shutting down (or giving up at start) must not hang on
+            # a broker that stopped answering.
+            await _close_quietly(self._connection, self._connect_timeout_s)
         self._connection = None
         self._publisher = self._admin = self._dead_queue = None
         self._exchanges.clear()
@@ -319,13 +338,25 @@ class RabbitBroker:
     async def _consume(self, route: _Route, handler: Handler, prefetch: int) -> _RabbitConsumer:
         if self._connection is None:
             raise BackendUnavailable(f"not connected to RabbitMQ at {self._where}")
-        # One channel per consumer: QoS is per channel, and the robust channel
-        # restores the QoS, the queue and the consumer after a reconnect.
-        channel = await self._connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.declare_queue(route.queue, durable=True, arguments=route.arguments)
-        consumer = _RabbitConsumer(self, route, handler, channel, queue)
-        await consumer.start()
+        channel: AbstractRobustChannel | None = None
+        try:
+            # Bounded like `connect`: a consume the broker never confirms is a failure.
+            async with asyncio.timeout(self._connect_timeout_s):
+                # One channel per consumer: QoS is per channel, and the robust channel
+                # restores the QoS, the queue and the consumer after a reconnect.
+                channel = await self._connection.channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=prefetch)
+                queue = await channel.declare_queue(
+                    route.queue, durable=True, arguments=route.arguments
+                )
+                consumer = _RabbitConsumer(self, route, handler, channel, queue)
+                await consumer.start()
+        except Exception as exc:
+            if channel is not None:
+                await _close_quietly(channel, self._connect_timeout_s)
+            raise BackendUnavailable(
+                self._startup_failure(f"starting to consume {route.queue}", exc)
+            ) from exc
         self._consumers.add(consumer)
         return consumer
 
@@ -490,6 +521,15 @@ class RabbitBroker:
         except Exception as exc:
             raise BackendUnavailable(f"RabbitMQ at {self._where}: purge failed: {exc}") from exc
         return int(getattr(purged, "message_count", 0) or 0)
+
+
+async def _close_quietly(
+    closable: AbstractRobustConnection | AbstractRobustChannel, timeout_s: float
+) -> None:
+    """Close what a failed start opened, bounded: the broker may not answer the close either."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_s):
+            await closable.close()
 
 
 async def _give_back(messages: list[AbstractIncomingMessage]) -> None:
