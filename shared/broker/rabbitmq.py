@@ -26,7 +26,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,6 +88,19 @@ _BROKER_HEADERS = frozenset(
 
 RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 5.0
+BROKER_LIMIT_FACTOR = 20
+
+
+def broker_delivery_limit(max_deliveries: int) -> int:
+    """The runs queue's own `x-delivery-limit`: far above ours, never the one that decides.
+
+    A quorum queue counts every return, and an AMQP connection reset returns every
+    unacked message — a worker holds its whole prefetch while it waits for a slot. With
+    the broker's limit at ours, a few resets during a backlog dead-lettered valid run
+    requests. Our count (`Retry`, in `_settle`) is the authoritative one; the broker's
+    only stops a message that kills every consumer that takes it, forever.
+    """
+    return BROKER_LIMIT_FACTOR * max_deliveries
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +111,7 @@ class _Route:
     exchange: str
     routing_key: str
     arguments: dict[str, Any]
+    passive: bool = False  # use the queue as it exists (see `_adopt_runs_queue`)
 
     @property
     def retry_queue(self) -> str:
@@ -191,7 +205,7 @@ class RabbitBroker:
                 "x-queue-type": "quorum",
                 # RabbitMQ < 4.0 has no default limit: a message that keeps
                 # crashing consumers would be redelivered forever.
-                "x-delivery-limit": max_deliveries,
+                "x-delivery-limit": broker_delivery_limit(max_deliveries),
                 "x-dead-letter-exchange": names.dead_exchange,
             },
         )
@@ -228,6 +242,7 @@ class RabbitBroker:
                 )
                 await connection.connect(timeout=self._connect_timeout_s)
                 step = "declaring the topology"
+                await self._adopt_runs_queue(connection)
                 self._publisher = await connection.channel(
                     publisher_confirms=True, on_return_raises=True
                 )
@@ -249,6 +264,33 @@ class RabbitBroker:
             return f"RabbitMQ unreachable at {self._where}: {type(exc).__name__}: {exc}"
         return f"RabbitMQ at {self._where} failed while {step}: {type(exc).__name__}: {exc}"
 
+    async def _adopt_runs_queue(self, connection: AbstractRobustConnection) -> None:
+        """Use a runs queue that an earlier runrelay declared with another delivery limit.
+
+        Queue arguments cannot change after the fact (RabbitMQ refuses the declaration),
+        so a deployment upgraded from the old limit keeps its queue as it is, with a
+        warning, rather than failing to start. A probe channel, since the refusal closes it.
+        """
+        probe = await connection.channel(publisher_confirms=False)
+        route = self._runs
+        try:
+            await probe.declare_queue(route.queue, durable=True, arguments=route.arguments)
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            if "x-delivery-limit" not in str(exc):
+                raise
+            log.warning(
+                "%s exists with another x-delivery-limit (%s); using it as it is. A broker-side "
+                "limit near %d dead-letters valid requests after that many connection resets: "
+                "delete the queue while it is empty and restart to get %d",
+                route.queue,
+                exc,
+                self.max_deliveries,
+                route.arguments["x-delivery-limit"],
+            )
+            self._runs = replace(route, passive=True)
+        finally:
+            await _close_quietly(probe, self._connect_timeout_s)
+
     async def _declare(self, channel: AbstractRobustChannel, admin: AbstractRobustChannel) -> None:
         names = self.names
         dead = await channel.declare_exchange(
@@ -262,7 +304,7 @@ class RabbitBroker:
                 route.exchange, aio_pika.ExchangeType.DIRECT, durable=True
             )
             queue = await channel.declare_queue(
-                route.queue, durable=True, arguments=route.arguments
+                route.queue, durable=True, arguments=route.arguments, passive=route.passive
             )
             await queue.bind(exchange, route.routing_key)
             await channel.declare_queue(
@@ -347,7 +389,7 @@ class RabbitBroker:
                 channel = await self._connection.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=prefetch)
                 queue = await channel.declare_queue(
-                    route.queue, durable=True, arguments=route.arguments
+                    route.queue, durable=True, arguments=route.arguments, passive=route.passive
                 )
                 consumer = _RabbitConsumer(self, route, handler, channel, queue)
                 await consumer.start()
