@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from api.errors import Unauthorized
 from shared.errors import NotFound, RunRelayError
-from shared.models import OperationCompleteMessage, RunStatus, valid_id
+from shared.models import OperationCompleteMessage, valid_id
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -61,14 +61,11 @@ async def accept_completion(
     Returns the 200 body. A completion already applied (or for a run that ended) is
     not published again: the answer is the same and nothing changes.
     """
-    op = await runtime.log.get_operation(operation_id) if valid_id(operation_id) else None
+    op = await runtime.store.get_operation(operation_id) if valid_id(operation_id) else None
     if op is None:
         raise NotFound(f"operation {operation_id} not found")
-    fields = await runtime.log.get_run(op.task_id)
-    done = fields is not None and (
-        RunStatus(fields["status"]).terminal
-        or (fields.get("operation_id") == operation_id and bool(fields.get("operation_result")))
-    )
+    record = await runtime.store.get_run(op.task_id)
+    done = record is not None and (record.terminal or record.applied(operation_id))
     if not done:
         message = OperationCompleteMessage(
             operation_id=operation_id,

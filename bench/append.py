@@ -17,7 +17,7 @@ import time
 import uuid
 
 from bench.report import machine, table, write_section
-from shared.eventlog.redis import RedisEventLog
+from shared.eventlog.redis_records import redis_stores
 from shared.lifecycle import Runs
 from shared.models import RunRecord, RunStatus
 
@@ -79,8 +79,8 @@ def _redis_benchmark_xadd() -> str:
 
 async def main(events: int, nruns: int, producers: int, write: bool) -> list[list[str]]:
     prefix = f"rrbench:{uuid.uuid4().hex[:8]}:"
-    log = RedisEventLog(REDIS_URL, prefix=prefix, ttl_s=60, max_events=100_000)
-    runs = Runs(log)
+    stores = redis_stores(REDIS_URL, prefix=prefix, ttl_s=60, max_events=100_000)
+    log, runs = stores.log, Runs(stores)
     try:
         one = await _started(runs, 1)
         many = await _started(runs, nruns)

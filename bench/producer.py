@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from shared.eventlog import scripts
 from shared.eventlog.base import encode_body
-from shared.eventlog.redis import RedisEventLog
+from shared.eventlog.redis_records import redis_stores
 from shared.lifecycle import Runs
 from shared.models import RunRecord, RunStatus, utcnow
 
@@ -32,8 +32,9 @@ PUBSUB = "bench-pubsub:"  # baseline (b) channel = this + the log key
 
 class Producer:
     def __init__(self, redis_url: str, prefix: str, connections: int = 4) -> None:
-        self.log = RedisEventLog(redis_url, prefix=prefix, ttl_s=600, max_events=200_000)
-        self.lifecycle = Runs(self.log)
+        stores = redis_stores(redis_url, prefix=prefix, ttl_s=600, max_events=200_000)
+        self.log = stores.log
+        self.lifecycle = Runs(stores)
         self.redis = aioredis.Redis(
             connection_pool=aioredis.BlockingConnectionPool.from_url(
                 redis_url, max_connections=connections, timeout=None

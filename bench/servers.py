@@ -49,8 +49,7 @@ def serve_runrelay(port: int, prefix: str, redis_url: str, heartbeat_s: float) -
     from api.app import create_app
     from api.server import build_server, tune_gc
     from shared.broker.memory import MemoryBroker
-    from shared.eventlog.redis import RedisEventLog
-    from shared.lifecycle import Runs
+    from shared.eventlog.redis_records import redis_stores
     from shared.runtime import Runtime
     from shared.settings import load_settings
 
@@ -62,10 +61,10 @@ def serve_runrelay(port: int, prefix: str, redis_url: str, heartbeat_s: float) -
         heartbeat_s=heartbeat_s,
         _env_file=None,
     )
-    log = RedisEventLog(
+    stores = redis_stores(
         redis_url, prefix=prefix, ttl_s=600, max_events=200_000, client_name=client_name(prefix)
     )
-    runtime = Runtime(settings, log, MemoryBroker(), Runs(log), embedded=False)
+    runtime = Runtime(settings, stores, MemoryBroker(), embedded=False)
     app = create_app(runtime, allow_open=True)
     if os.environ.get(
         "BENCH_NO_DIRECT"

@@ -98,7 +98,7 @@ def _spawn_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]
 
 async def _ready(runtime: Runtime, pid: int) -> None:
     deadline = time.monotonic() + 30
-    while not any(w.get("pid") == pid for w in await runtime.log.list_workers()):
+    while not any(w.get("pid") == pid for w in await runtime.workers.live()):
         if time.monotonic() > deadline:
             raise SystemExit("bench: the worker did not start; see its log")
         await asyncio.sleep(0.05)

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from shared.errors import AppendRefused, BadRequest, Conflict, NotFound, TooManyRuns
-from shared.eventlog.base import EventLog, Transition, encode_body
+from shared.eventlog.base import Stores, Transition, encode_body, record_from
 from shared.models import RunRecord, RunStatus, utcnow, valid_id
 
 _ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING})
@@ -38,40 +38,19 @@ def new_id(kind: str) -> str:
     return f"{kind}_{uuid.uuid4().hex}"
 
 
-def record_from(fields: Mapping[str, str]) -> RunRecord:
-    def opt(name: str) -> str | None:
-        return fields.get(name) or None
-
-    return RunRecord(
-        run_id=fields["run_id"],
-        session_id=fields["session_id"],
-        owner=fields["owner"],
-        tool=fields["tool"],
-        input=orjson.loads(fields.get("input", "{}")),
-        status=RunStatus(fields["status"]),
-        attempt=int(fields.get("attempt", "1")),
-        created_at=fields["created_at"],
-        updated_at=fields.get("updated_at", fields["created_at"]),
-        started_at=opt("started_at"),
-        finished_at=opt("finished_at"),
-        last_event_id=int(fields.get("last_event_id", "0")),
-        error=opt("error"),
-        worker=opt("worker"),
-        cancel_requested=fields.get("cancel_requested") == "1",
-    )
-
-
 class Runs:
     """Create, read and move runs through their lifecycle."""
 
     def __init__(
         self,
-        log: EventLog,
+        stores: Stores,
         *,
         publish_grace_s: float = 30.0,
         max_active_per_owner: int | None = None,
     ) -> None:
-        self.log = log
+        self.log = stores.log
+        self.store = stores.runs
+        self.scheduler = stores.scheduler
         self._publish_grace_s = publish_grace_s
         self._max_active = max_active_per_owner
 
@@ -99,13 +78,13 @@ class Runs:
             raise BadRequest(f"input cannot be stored as JSON: {exc}", "input") from None
         run_id = new_id("run")
         if idempotency_key is not None:
-            bound = await self.log.claim_idempotency(
+            bound = await self.store.claim_idempotency(
                 owner, idempotency_key, run_id, _IDEMPOTENCY_TTL_S
             )
             if bound != run_id:
-                existing = await self.log.get_run(bound)
+                existing = await self.store.get_run(bound)
                 if existing is not None:
-                    return record_from(existing), False
+                    return existing, False
                 # The first request died between binding the key and storing the run:
                 # take the binding over rather than failing forever.
                 run_id = bound
@@ -129,15 +108,15 @@ class Runs:
         )
         # Scheduled before it exists, so a crash after create but before publish is
         # found by the reaper and republished (see workers.reaper).
-        await self.log.schedule(run_id, time.time() + self._publish_grace_s)
+        await self.scheduler.schedule(run_id, time.time() + self._publish_grace_s)
         try:
             await self.log.create_run(fields, "run.queued", body)
         except Conflict:
-            existing = await self.log.get_run(run_id)
+            existing = await self.store.get_run(run_id)
             if existing is None:
-                await self.log.drop_active(owner, [run_id])
+                await self.store.drop_active(owner, [run_id])
                 raise
-            return record_from(existing), False
+            return existing, False
         except BaseException:
             await asyncio.shield(self._forget_active(owner, run_id))
             raise
@@ -151,16 +130,16 @@ class Runs:
         and the removal leaves a stale member; those are found and dropped here, only
         when the set looks full, so the check stays one Redis call in the common case.
         """
-        if await self.log.admit_active(owner, run_id, limit):
+        if await self.store.admit_active(owner, run_id, limit):
             return
         stale = []
-        for member in await self.log.active_runs(owner, limit):
-            fields = await self.log.get_run(member)
-            if fields is None or RunStatus(fields["status"]).terminal:
+        for member in await self.store.active_runs(owner, limit):
+            record = await self.store.get_run(member)
+            if record is None or record.terminal:
                 stale.append(member)
         if stale:
-            await self.log.drop_active(owner, stale)
-        if not stale or not await self.log.admit_active(owner, run_id, limit):
+            await self.store.drop_active(owner, stale)
+        if not stale or not await self.store.admit_active(owner, run_id, limit):
             raise TooManyRuns(
                 f"at most {limit} active runs per caller (RUNRELAY_MAX_ACTIVE_RUNS_PER_OWNER): "
                 "wait for one to end, or cancel one"
@@ -168,14 +147,14 @@ class Runs:
 
     async def _forget_active(self, owner: str, run_id: str) -> None:
         with contextlib.suppress(Exception):
-            await self.log.drop_active(owner, [run_id])
+            await self.store.drop_active(owner, [run_id])
 
     async def get(self, run_id: str, owner: str | None = None) -> RunRecord:
         """The run, or `NotFound` when it is unknown or (given `owner`) not theirs."""
-        fields = await self.log.get_run(run_id) if valid_id(run_id) else None
-        if fields is None or (owner is not None and fields.get("owner") != owner):
+        record = await self.store.get_run(run_id) if valid_id(run_id) else None
+        if record is None or (owner is not None and record.owner != owner):
             raise NotFound(f"run {run_id} not found")
-        return record_from(fields)
+        return record
 
     async def list(
         self,
@@ -188,10 +167,10 @@ class Runs:
         out: list[RunRecord] = []
         offset, batch = 0, max(limit, 50)
         while len(out) < limit:
-            rows = await self.log.list_runs(owner, session_id, batch, offset)
+            rows = await self.store.list_runs(owner, session_id, batch, offset)
             if not rows:
                 break
-            out += [r for r in map(record_from, rows) if status is None or r.status == status]
+            out += [r for r in rows if status is None or r.status == status]
             offset += batch
             if status is None:
                 break
@@ -239,12 +218,12 @@ class Runs:
         self, run: RunRecord, *, worker: str, lease_until: float
     ) -> RunRecord | None:
         """Extend the lease; None when the run is no longer this worker's to run."""
-        applied, fields = await self.log.update_run(
+        applied, record = await self.store.update_run(
             run.run_id,
             {"status": RunStatus.RUNNING.value, "worker": worker, "attempt": str(run.attempt)},
             {"lease_until": repr(lease_until)},
         )
-        return record_from(fields) if applied and fields else None
+        return record if applied else None
 
     async def delegate(
         self, run: RunRecord, data: Mapping[str, Any], *, worker: str | None = None
@@ -317,8 +296,8 @@ class Runs:
             data["reason"] = reason
         rule = Transition(to=status.value, terminal=True, expect=expect or {}, fields=fields)
         event_id = await self.append(run, f"run.{status.value}", data, rule)
-        await self.log.unschedule(run.run_id)
-        await self.log.drop_active(run.owner, [run.run_id])
+        await self.scheduler.unschedule(run.run_id)
+        await self.store.drop_active(run.owner, [run.run_id])
         return event_id
 
     async def cancel(self, run: RunRecord, reason: str = "cancelled by client") -> RunRecord:
@@ -328,7 +307,7 @@ class Runs:
         the run end and stops it, and any append it still tries is refused.
         """
         if run.status in _ACTIVE:
-            await self.log.update_run(run.run_id, {}, {"cancel_requested": "1"})
+            await self.store.update_run(run.run_id, {}, {"cancel_requested": "1"})
             with contextlib.suppress(AppendRefused):
                 await self.finish(run, RunStatus.CANCELLED, reason=reason)
         return await self.get(run.run_id)

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Annotated, Any, NamedTuple
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError
 
 ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -22,6 +22,23 @@ def valid_id(value: str) -> bool:
 
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def seconds_since(iso: str) -> float:
+    """Seconds from an ISO timestamp (as `utcnow` writes them) to now."""
+    return (
+        datetime.now(UTC).timestamp()
+        - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    )
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """``field: why`` for each problem, so an error message names the field."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "input"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
 
 
 class RunStatus(StrEnum):
@@ -107,17 +124,27 @@ class PublicRun(BaseModel):
     cancel_requested: bool = False
 
 
+_PRIVATE = frozenset({"owner", "lease_until", "operation_id", "operation_result"})
+
+
 class RunRecord(PublicRun):
-    """The stored run: what its owner sees, plus who that is."""
+    """The stored run: what its owner sees, plus who that is and the workers' bookkeeping."""
 
     owner: str
+    lease_until: float | None = None  # unix time; set while a worker holds the run
+    operation_id: str | None = None  # the operation the run waits for, or last waited for
+    operation_result: dict[str, Any] | None = None  # that operation's completion, once applied
 
     @property
     def terminal(self) -> bool:
         return self.status.terminal
 
+    def applied(self, operation_id: str) -> bool:
+        """Whether `operation_id`'s completion is already on the record."""
+        return self.operation_id == operation_id and self.operation_result is not None
+
     def public(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"owner"})
+        return self.model_dump(exclude=set(_PRIVATE))
 
 
 class RunRequestMessage(BaseModel):

@@ -2,24 +2,57 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.broker.base import Broker, Names
+from shared.dispatch import Dispatch
 from shared.errors import ConfigError
-from shared.eventlog.base import EventLog
+from shared.eventlog.base import EventLog, RunStore, Scheduler, Stores, WorkerRegistry
 from shared.lifecycle import Runs
 from shared.settings import Settings
 
 
 @dataclass
 class Runtime:
-    """Everything stateful one process holds; API, worker and consumer share one in `dev`."""
+    """Everything stateful one process holds; API, worker and consumer share one in `dev`.
+
+    The stores (`log`, `store`, `scheduler`, `workers`) are the backend's primitives;
+    `runs` (the lifecycle) and `dispatch` (queueing) are the policy every process uses.
+    """
 
     settings: Settings
-    log: EventLog
+    stores: Stores
     broker: Broker
-    runs: Runs
     embedded: bool
+    runs: Runs = field(init=False)
+    dispatch: Dispatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.runs = Runs(
+            self.stores,
+            publish_grace_s=settings.publish_grace_s,
+            max_active_per_owner=settings.max_active_runs_per_owner,
+        )
+        self.dispatch = Dispatch(
+            self.stores.scheduler, self.broker, publish_grace_s=settings.publish_grace_s
+        )
+
+    @property
+    def log(self) -> EventLog:
+        return self.stores.log
+
+    @property
+    def store(self) -> RunStore:
+        return self.stores.runs
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.stores.scheduler
+
+    @property
+    def workers(self) -> WorkerRegistry:
+        return self.stores.workers
 
     @property
     def names(self) -> Names:
@@ -42,14 +75,7 @@ class Runtime:
                 f"{' and '.join(missing)} must be set (e.g. redis://127.0.0.1:6379/0 and "
                 "amqp://guest:guest@127.0.0.1:5672/); only `runrelay dev` runs without them"
             )
-        log = _build_log(settings)
-        broker = _build_broker(settings)
-        runs = Runs(
-            log,
-            publish_grace_s=settings.publish_grace_s,
-            max_active_per_owner=settings.max_active_runs_per_owner,
-        )
-        return cls(settings, log, broker, runs, embedded=bool(missing))
+        return cls(settings, _build_stores(settings), _build_broker(settings), bool(missing))
 
     async def start(self) -> None:
         await self.log.ping()
@@ -60,19 +86,19 @@ class Runtime:
         await self.log.close()
 
 
-def _build_log(settings: Settings) -> EventLog:
+def _build_stores(settings: Settings) -> Stores:
     if settings.redis_url:
-        from shared.eventlog.redis import RedisEventLog
+        from shared.eventlog.redis_records import redis_stores
 
-        return RedisEventLog(
+        return redis_stores(
             settings.redis_url,
             prefix=settings.key_prefix,
             ttl_s=settings.stream_ttl_s,
             max_events=settings.stream_max_events,
         )
-    from shared.eventlog.memory import MemoryEventLog
+    from shared.eventlog.memory import memory_stores
 
-    return MemoryEventLog(
+    return memory_stores(
         prefix=settings.key_prefix,
         ttl_s=settings.stream_ttl_s,
         max_events=settings.stream_max_events,

@@ -25,6 +25,7 @@ import redis
 from shared.settings import Settings, get_settings, load_settings
 from tests.support.procs import Processes, running_processes
 from tests.support.rabbit_node import temp_vhost
+from tests.support.redis_keys import delete_prefix
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -115,18 +116,7 @@ def prefix(redis_url: str) -> Iterator[str]:
     """A Redis key prefix of this test's own; its keys are deleted afterwards."""
     value = f"rrtest:{uuid4().hex[:10]}:"
     yield value
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10)
-    try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=value + "*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
-    finally:
-        client.close()
+    delete_prefix(redis_url, value)
 
 
 @pytest.fixture

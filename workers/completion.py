@@ -25,7 +25,6 @@ the sum of the delays so far.
 from __future__ import annotations
 
 import logging
-import time
 
 import orjson
 from prometheus_client import Counter
@@ -33,10 +32,14 @@ from pydantic import ValidationError
 
 from shared.broker.base import Ack, Delivery, Outcome, Reject, Retry, operation_tag
 from shared.errors import AppendRefused
-from shared.lifecycle import record_from
-from shared.models import Operation, OperationCompleteMessage, RunStatus
+from shared.models import (
+    Operation,
+    OperationCompleteMessage,
+    RunRecord,
+    RunStatus,
+    describe_invalid,
+)
 from shared.runtime import Runtime
-from workers.execution import describe_invalid, publish_attempt
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,7 @@ async def handle_completion(runtime: Runtime, delivery: Delivery) -> Outcome:
         COMPLETIONS.labels("foreign").inc()
         log.debug("completion %s belongs to another deployment; ignored", message.operation_id)
         return Ack()
-    op = await runtime.log.get_operation(message.operation_id)
+    op = await runtime.store.get_operation(message.operation_id)
     run_id = op.task_id if op is not None else message.task_id
     if op is not None and op.task_id != message.task_id:
         COMPLETIONS.labels("rejected").inc()
@@ -94,15 +97,15 @@ async def handle_completion(runtime: Runtime, delivery: Delivery) -> Outcome:
             f"task_id {message.task_id} does not match operation {op.operation_id} "
             f"(which belongs to {op.task_id})"
         )
-    fields = await runtime.log.get_run(run_id)
-    if op is None and (fields is None or fields.get("operation_id") != message.operation_id):
+    run = await runtime.store.get_run(run_id)
+    if op is None and (run is None or run.operation_id != message.operation_id):
         return _early(runtime, delivery, message, "unknown operation")
-    if fields is None:
+    if run is None:
         # The run's record expired after it ended: nothing left to apply to.
         COMPLETIONS.labels("ignored_ended").inc()
         log.info("completion %s: run %s is gone; ignored", message.operation_id, run_id)
         return Ack()
-    return await _apply(runtime, delivery, message, op, fields)
+    return await _apply(runtime, delivery, message, op, run)
 
 
 async def _apply(
@@ -110,12 +113,9 @@ async def _apply(
     delivery: Delivery,
     message: OperationCompleteMessage,
     op: Operation | None,
-    fields: dict[str, str],
+    run: RunRecord,
 ) -> Outcome:
     op_id = message.operation_id
-    run = record_from(fields)
-    pending = fields.get("operation_id") == op_id
-    applied = pending and bool(fields.get("operation_result"))
     if run.status == RunStatus.CANCELLED:
         COMPLETIONS.labels("ignored_cancelled").inc()
         log.info("completion %s for cancelled run %s: recorded and ignored", op_id, run.run_id)
@@ -124,27 +124,24 @@ async def _apply(
         COMPLETIONS.labels("ignored_ended").inc()
         log.info("completion %s: run %s already %s; ignored", op_id, run.run_id, run.status)
         return Ack()
-    if applied:
+    if run.applied(op_id):
         COMPLETIONS.labels("duplicate").inc()
         if run.status == RunStatus.QUEUED:
             # Maybe the first copy's publish was lost; a second request is harmless.
-            await publish_attempt(runtime.broker, run.run_id, run.attempt)
+            await runtime.dispatch.publish_only(run.run_id, run.attempt)
         return Ack()
-    if run.status == RunStatus.WAITING and not pending:
+    if run.status == RunStatus.WAITING and run.operation_id != op_id:
         COMPLETIONS.labels("stale").inc()
         log.warning(
             "completion %s: run %s waits for operation %s; ignored",
             op_id,
             run.run_id,
-            fields.get("operation_id"),
+            run.operation_id,
         )
         return Ack()
     if run.status != RunStatus.WAITING:
         # Queued or running: the worker has not appended operation.accepted yet.
         return _early(runtime, delivery, message, f"run {run.run_id} is not waiting yet")
-    # If this process dies between the append and the publish, the reaper finds the
-    # queued run after the publish grace and publishes it.
-    await runtime.log.schedule(run.run_id, time.time() + runtime.settings.publish_grace_s)
     data = {
         "operation_id": op_id,
         "success": message.success,
@@ -152,16 +149,17 @@ async def _apply(
         "error": message.error,
     }
     try:
-        await runtime.runs.complete_operation(run, op_id, data)
+        await runtime.dispatch.requeue(
+            run.run_id, run.attempt, lambda: runtime.runs.complete_operation(run, op_id, data)
+        )
     except AppendRefused:
         # A racing copy (or a cancel) moved the run first: decide again on what it is now.
-        fresh = await runtime.log.get_run(run.run_id)
-        if fresh is None or fresh.get("status") == RunStatus.WAITING.value:
+        fresh = await runtime.store.get_run(run.run_id)
+        if fresh is None or fresh.status == RunStatus.WAITING:
             raise
         return await _apply(runtime, delivery, message, op, fresh)
     COMPLETIONS.labels("applied").inc()
     log.info("completion %s applied to run %s", op_id, run.run_id)
-    await publish_attempt(runtime.broker, run.run_id, run.attempt)
     return Ack()
 
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import httpx
-import orjson
 
 from shared.broker.base import new_operation_id
 from shared.models import Operation, RunRecord
@@ -114,7 +113,7 @@ class RunContext:
             tool_name=tool_name or self.run.tool,
         )
         ttl = int(self.settings.operation_timeout_s + self.settings.stream_ttl_s)
-        await self.runtime.log.put_operation(op, ttl)
+        await self.runtime.store.put_operation(op, ttl)
         return op
 
     async def delegate(self, operation: Operation) -> NoReturn:
@@ -133,19 +132,18 @@ class RunContext:
         # Nobody holds a lease now: the reaper fails the run if no completion comes.
         # (Should this fail, the reaper still finds the run at the old lease end.)
         with contextlib.suppress(Exception):
-            await self.runtime.log.schedule(
+            await self.runtime.scheduler.schedule(
                 self.run.run_id, time.time() + self.settings.operation_timeout_s
             )
         raise Delegated(operation.operation_id)
 
     async def completed_operation(self) -> CompletedOperation | None:
         """The completion this run was requeued with, or None on a first call of the tool."""
-        fields = await self.runtime.log.get_run(self.run.run_id) or {}
-        raw, operation_id = fields.get("operation_result"), fields.get("operation_id")
-        if not raw or not operation_id:
+        record = await self.runtime.store.get_run(self.run.run_id)
+        if record is None or record.operation_id is None or record.operation_result is None:
             return None
-        result = orjson.loads(raw)
-        op = await self.runtime.log.get_operation(operation_id)
+        operation_id, result = record.operation_id, record.operation_result
+        op = await self.runtime.store.get_operation(operation_id)
         return CompletedOperation(
             operation_id=operation_id,
             tool_call_id=op.tool_call_id if op is not None else self.tool_call_id,

@@ -20,13 +20,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import datetime
 
 from pydantic import ValidationError
 
-from shared.broker.base import Broker
-from shared.errors import AppendRefused, BackendUnavailable, NotFound, PublishFailed
-from shared.models import RunRecord, RunRequestMessage, RunStatus
+from shared.errors import AppendRefused, BackendUnavailable, NotFound
+from shared.models import RunRecord, RunStatus, describe_invalid
 from shared.runtime import Runtime
 from workers import metrics
 from workers.context import Delegated, RunContext
@@ -35,31 +33,6 @@ from workers.tools import get_tool
 log = logging.getLogger(__name__)
 
 _LEASE_TICK_MAX_S = 0.5
-
-
-def describe_invalid(exc: ValidationError) -> str:
-    """``field: why`` for each problem, so the run's error names the field."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "input"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
-async def publish_attempt(broker: Broker, run_id: str, attempt: int) -> bool:
-    """Publish the run request for `attempt`; False (logged) if the broker did not confirm.
-
-    Callers schedule the reaper first, so a lost publish is republished later.
-    """
-    body = RunRequestMessage(run_id=run_id, attempt=attempt).model_dump_json().encode()
-    try:
-        await broker.publish_run(body)
-    except PublishFailed as exc:
-        log.warning(
-            "run %s attempt %d not published (the reaper retries): %s", run_id, attempt, exc
-        )
-        return False
-    return True
 
 
 class Execution:
@@ -179,7 +152,7 @@ class Execution:
                     self.run, worker=self.worker_id, lease_until=until
                 )
                 if held is not None:
-                    await self.runtime.log.schedule(self.run.run_id, until)
+                    await self.runtime.scheduler.schedule(self.run.run_id, until)
             except Exception:
                 # A short outage: keep trying; if it outlasts the lease, the reaper takes over
                 # and the next successful check tells us.
@@ -224,24 +197,17 @@ class Execution:
             "status": RunStatus.RUNNING.value,
         }
         try:
-            await self.runtime.runs.retry(run, "worker_shutdown", expect=expect)
+            await self.runtime.dispatch.requeue(
+                run.run_id,
+                run.attempt + 1,
+                lambda: self.runtime.runs.retry(run, "worker_shutdown", expect=expect),
+            )
         except AppendRefused:
             pass  # it ended (or moved on) meanwhile; nothing to hand back
         except Exception:
             log.exception("run %s: hand back failed; its lease will expire", run.run_id)
         else:
-            # Scheduled before publishing: if the publish is lost, the reaper republishes.
-            with contextlib.suppress(Exception):
-                await self.runtime.log.schedule(
-                    run.run_id, time.time() + self.runtime.settings.publish_grace_s
-                )
-            await publish_attempt(self.runtime.broker, run.run_id, run.attempt + 1)
             log.info("run %s handed back for attempt %d", run.run_id, run.attempt + 1)
         self.stop("handed_back")
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-
-
-def seconds_since(iso: str) -> float:
-    """Seconds from an ISO timestamp (as `utcnow` writes them) to now."""
-    return time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

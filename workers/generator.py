@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from shared.errors import PublishFailed
 from shared.models import Ident
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 VIAS = ("queue", "webhook")
 _WEBHOOK_TIMEOUT_S = 10.0
 _WEBHOOK_ATTEMPTS = 5
+# A broker restart takes seconds; the run waits up to RUNRELAY_OPERATION_TIMEOUT_S anyway.
+PUBLISH_PATIENCE_S = 120.0
+_PUBLISH_PAUSE_MAX_S = 5.0
 
 Publish = Callable[[bytes], Awaitable[None]]
 
@@ -94,7 +98,7 @@ def create_generator_app(
         }
         if via == "queue":
             assert publish is not None
-            await publish(orjson.dumps(message))
+            await _publish_until_confirmed(publish, orjson.dumps(message))
         else:
             await _call_webhook(webhook_url or "", api_key, message)
         log.info("generator: operation %s completed via %s", request.operation_id, via)
@@ -130,6 +134,27 @@ def _forget(pending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], 
             log.error("generator: completion failed: %r", task.exception())
 
     return done
+
+
+async def _publish_until_confirmed(publish: Publish, body: bytes) -> None:
+    """Publish, and again while the broker is away, for up to `PUBLISH_PATIENCE_S`.
+
+    A completion is the only copy of the result: dropped on a broker blip, its run
+    would wait (and then fail) for an operation that did finish.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + PUBLISH_PATIENCE_S
+    pause = 0.2
+    while True:
+        try:
+            await publish(body)
+            return
+        except PublishFailed as exc:
+            if loop.time() + pause > give_up:
+                raise
+            log.warning("generator: publish failed, again in %.1f s: %s", pause, exc)
+        await asyncio.sleep(pause)  # backoff while the broker reconnects
+        pause = min(pause * 2, _PUBLISH_PAUSE_MAX_S)
 
 
 async def _call_webhook(base_url: str, api_key: str | None, message: dict[str, Any]) -> None:

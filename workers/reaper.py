@@ -1,6 +1,6 @@
 """The reaper: finds runs nobody is moving forward and moves them, in every worker.
 
-Every run has one due time in the deadlines set (`EventLog.schedule`): creation
+Every run has one due time in the deadlines set (`Scheduler.schedule`): creation
 schedules it a publish grace ahead, a claim and each lease refresh move it to the
 lease's end. Every ~0.5 s the reaper looks at the runs that are due:
 
@@ -25,11 +25,9 @@ import logging
 import time
 
 from shared.errors import AppendRefused
-from shared.lifecycle import record_from
-from shared.models import RunStatus
+from shared.models import RunRecord, RunStatus, seconds_since
 from shared.runtime import Runtime
 from workers import metrics
-from workers.execution import publish_attempt, seconds_since
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,8 @@ BATCH = 200
 
 
 class Reaper:
-    """``await reaper.sweep()`` once, or ``task = reaper.start()`` to sweep every ~0.5 s."""
+    """``await reaper.sweep()`` once, or ``await reaper.run_forever()`` (in a task) to sweep
+    every ~0.5 s."""
 
     def __init__(self, runtime: Runtime, *, interval_s: float = INTERVAL_S) -> None:
         self.runtime = runtime
@@ -54,7 +53,7 @@ class Reaper:
 
     async def sweep(self) -> int:
         """Look at every due run once; returns how many were due."""
-        due = await self.runtime.log.due(time.time(), BATCH)
+        due = await self.runtime.scheduler.due(time.time(), BATCH)
         for run_id in due:
             try:
                 await self.check(run_id)
@@ -65,41 +64,43 @@ class Reaper:
     async def check(self, run_id: str) -> None:
         runtime = self.runtime
         settings = runtime.settings
-        fields = await runtime.log.get_run(run_id)
-        if fields is None:
-            await runtime.log.unschedule(run_id)
+        scheduler = runtime.scheduler
+        run = await runtime.store.get_run(run_id)
+        if run is None:
+            await scheduler.unschedule(run_id)
             return
-        run = record_from(fields)
         now = time.time()
         if run.terminal:
-            await runtime.log.unschedule(run_id)
+            await scheduler.unschedule(run_id)
         elif run.status == RunStatus.RUNNING:
-            lease = fields.get("lease_until", "")
             # A running run without a lease (e.g. resumed after an operation) is held
             # for one lease period from its last change.
-            lease_end = (
-                float(lease) if lease else now - seconds_since(run.updated_at) + (settings.lease_s)
-            )
+            lease_end = run.lease_until or now - seconds_since(run.updated_at) + settings.lease_s
             if lease_end > now:
-                await runtime.log.schedule(run_id, lease_end)
+                await scheduler.schedule(run_id, lease_end)
                 return
-            expect = {"status": RunStatus.RUNNING.value, "attempt": str(run.attempt)}
-            # Compare only fields that exist: a missing field never equals "".
-            for name in ("worker", "lease_until", "updated_at"):
-                if name in fields:
-                    expect[name] = fields[name]
-            await self._worker_lost(run_id, fields, expect)
+            # Compare-and-set on what was read. Only fields that are set are compared:
+            # a missing field never equals "".
+            expect = {
+                "status": RunStatus.RUNNING.value,
+                "attempt": str(run.attempt),
+                "updated_at": run.updated_at,
+            }
+            if run.worker is not None:
+                expect["worker"] = run.worker
+            if run.lease_until is not None:
+                expect["lease_until"] = repr(run.lease_until)
+            await self._worker_lost(run, expect)
         elif run.status == RunStatus.QUEUED:
-            await runtime.log.schedule(run_id, now + settings.publish_grace_s)
-            if await publish_attempt(runtime.broker, run_id, run.attempt):
+            if await runtime.dispatch.publish(run_id, run.attempt):
                 metrics.REAPER_ACTIONS.labels("republished").inc()
                 log.info("reaper: run %s still queued; republished attempt %d", run_id, run.attempt)
         elif run.status == RunStatus.WAITING:
             deadline = now - seconds_since(run.updated_at) + settings.operation_timeout_s
             if deadline > now:
-                await runtime.log.schedule(run_id, deadline)
+                await scheduler.schedule(run_id, deadline)
                 return
-            expect = {"status": RunStatus.WAITING.value, "updated_at": fields["updated_at"]}
+            expect = {"status": RunStatus.WAITING.value, "updated_at": run.updated_at}
             try:
                 await runtime.runs.finish(
                     run, RunStatus.FAILED, error="operation_timeout", expect=expect
@@ -109,12 +110,10 @@ class Reaper:
             metrics.REAPER_ACTIONS.labels("operation_timeout").inc()
             log.info("reaper: run %s failed: operation_timeout", run_id)
 
-    async def _worker_lost(
-        self, run_id: str, fields: dict[str, str], expect: dict[str, str]
-    ) -> None:
+    async def _worker_lost(self, run: RunRecord, expect: dict[str, str]) -> None:
         runtime = self.runtime
-        run = record_from(fields)
-        worker = fields.get("worker") or "?"
+        run_id = run.run_id
+        worker = run.worker or "?"
         if run.attempt >= runtime.settings.max_attempts:
             try:
                 await runtime.runs.finish(run, RunStatus.FAILED, error="worker_lost", expect=expect)
@@ -129,7 +128,11 @@ class Reaper:
             )
             return
         try:
-            await runtime.runs.retry(run, "worker_lost", expect=expect)
+            await runtime.dispatch.requeue(
+                run_id,
+                run.attempt + 1,
+                lambda: runtime.runs.retry(run, "worker_lost", expect=expect),
+            )
         except AppendRefused:
             return
         metrics.REAPER_ACTIONS.labels("retried").inc()
@@ -139,6 +142,3 @@ class Reaper:
             worker,
             run.attempt + 1,
         )
-        # Scheduled before the publish: a lost publish is republished after the grace.
-        await runtime.log.schedule(run_id, time.time() + runtime.settings.publish_grace_s)
-        await publish_attempt(runtime.broker, run_id, run.attempt + 1)

@@ -29,11 +29,11 @@ from pydantic import ValidationError
 
 from shared.broker.base import Ack, Consumer, Delivery, Outcome, Reject, Retry
 from shared.errors import BackendUnavailable, NotFound
-from shared.models import RunRequestMessage, RunStatus, utcnow
+from shared.models import RunRequestMessage, RunStatus, describe_invalid, seconds_since, utcnow
 from shared.runtime import Runtime
 from shared.settings import Settings
 from workers import metrics
-from workers.execution import Execution, describe_invalid, seconds_since
+from workers.execution import Execution
 from workers.reaper import Reaper
 from workers.tools import load_tool_modules, tool_names
 
@@ -121,7 +121,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self.runtime.log.remove_worker(self.worker_id)
+            await self.runtime.workers.remove(self.worker_id)
         if self.owns_runtime:
             await self.runtime.close()
         log.info("worker %s stopped", self.worker_id)
@@ -173,7 +173,7 @@ class Worker:
             if claimed is None:
                 self._slots.release()
                 return Ack()  # another worker has it, or it was cancelled meanwhile
-            await self.runtime.log.schedule(run.run_id, lease_until)
+            await self.runtime.scheduler.schedule(run.run_id, lease_until)
         except BaseException:
             self._slots.release()
             raise
@@ -233,7 +233,7 @@ class Worker:
             "started_at": self._started_at,
             "tools": tool_names(),
         }
-        await self.runtime.log.worker_heartbeat(self.worker_id, info, HEARTBEAT_TTL_S)
+        await self.runtime.workers.heartbeat(self.worker_id, info, HEARTBEAT_TTL_S)
 
 
 def run_worker(settings: Settings) -> None:

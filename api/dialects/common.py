@@ -18,8 +18,8 @@ import orjson
 from starlette.responses import Response
 
 from api.deps import ApiState
-from api.routes import runs as native_runs
 from api.streams import EventStreamResponse, StreamFormat, event_stream
+from api.submit import submit_run
 from shared.errors import BackendUnavailable
 from shared.models import RunRecord
 
@@ -31,10 +31,8 @@ async def start_run(
     state: ApiState, owner: str, tool: str, input: Mapping[str, Any], session_id: str | None
 ) -> RunRecord:
     """Create and queue a run exactly as ``POST /v1/runs`` does (same checks, same metrics)."""
-    body = native_runs.CreateRun(tool=tool, input=dict(input), session_id=session_id)
-    response = await native_runs.create_run(body, state, owner)
-    created = orjson.loads(response.body)
-    return await state.runtime.runs.get(str(created["run_id"]), owner)
+    run, _ = await submit_run(state.runtime, owner, tool, input, session_id=session_id)
+    return run
 
 
 def stream_response(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated, Any
 
 import orjson
@@ -16,8 +15,8 @@ from api.deps import ApiState, Owner, State
 from api.openapi import CURSOR, SSE, STREAM_ENDED, errors
 from api.responses import JSONResponse
 from api.streams import EventStreamResponse, event_stream
-from shared.errors import AppendRefused, BackendUnavailable, PublishFailed
-from shared.models import PublicRun, RunRecord, RunRequestMessage, RunStatus
+from api.submit import submit_run
+from shared.models import PublicRun, RunRecord, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -90,24 +89,14 @@ async def create_run(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     """Record the run and publish its request; answer once the broker confirmed it."""
-    runtime = state.runtime
-    run, created = await runtime.runs.create(
-        owner=owner,
-        tool=body.tool,
-        input=body.input,
+    run, _ = await submit_run(
+        state.runtime,
+        owner,
+        body.tool,
+        body.input,
         session_id=body.session_id,
         idempotency_key=idempotency_key,
     )
-    if created:
-        metrics.RUNS_CREATED.labels(tool=body.tool).inc()
-        message = RunRequestMessage(run_id=run.run_id, attempt=run.attempt)
-        try:
-            await runtime.broker.publish_run(message.model_dump_json().encode())
-        except (PublishFailed, BackendUnavailable) as exc:
-            # End it now, so a request that did reach the queue finds it over and never runs.
-            with contextlib.suppress(AppendRefused, BackendUnavailable):
-                await runtime.runs.finish(run, RunStatus.FAILED, error=f"publish_failed: {exc}")
-            raise PublishFailed(f"the run could not be queued: {exc}") from exc
     if body.stream:
         return _run_stream(state, owner, run, 0)
     return JSONResponse(

@@ -25,7 +25,7 @@ async def session_events(session_id: str, request: Request, state: State, owner:
     """SSE over every run of the session; it ends only when the connection ages out."""
     log = state.runtime.log
     # Sessions are per owner: another owner's session of this id is simply not ours.
-    if not valid_id(session_id) or not await log.session_exists(owner, session_id):
+    if not valid_id(session_id) or not await state.runtime.store.session_exists(owner, session_id):
         raise NotFound(f"session {session_id} not found")
     cursor = requested_cursor(request)
     key = log.keys.session_log(session_id, owner)

@@ -32,7 +32,7 @@ class Status(BaseModel):
 async def status(state: State, owner: Owner) -> dict[str, Any]:
     runtime = state.runtime
     queues = await runtime.broker.stats()
-    workers = await runtime.log.list_workers()
+    workers = await runtime.workers.live()
     recent = await runtime.runs.list(owner, limit=_RECENT_RUNS)
     return {
         "queues": [

@@ -1,9 +1,18 @@
-"""The event-log interface: storage primitives only; lifecycle policy lives in `shared.lifecycle`.
+"""The store interfaces: primitives only; lifecycle policy lives in `shared.lifecycle`.
 
-A backend stores, per run, a hash of string fields (the run record) and an
-append-only log of events, and per session a log that interleaves its runs'
-events. Events arrive pre-encoded (see `encode_body`); the backend only prefixes
-the id it assigns, so every reader gets the same bytes and nobody re-encodes.
+Four narrow Protocols, one concept each, each with a Redis and an embedded backend
+and a contract suite over both (tests/contract/):
+
+- `EventLog`: per run an append-only log of events (and per session a log that
+  interleaves its runs' events), appended by one conditional step that also moves
+  the run's status; reads after a cursor; waits for news.
+- `RunStore`: run records, idempotency keys, the owner's active runs, operations.
+- `Scheduler`: when the reaper looks at a run again.
+- `WorkerRegistry`: the live workers.
+
+Events arrive pre-encoded (see `encode_body`); the backend only prefixes the id it
+assigns, so every reader gets the same bytes and nobody re-encodes. The run record
+is a hash of strings in both backends; `record_from` is the one place that reads it.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from typing import Any, Protocol
 import orjson
 
 from shared.keys import Keys
-from shared.models import Operation, Page, StoredEvent
+from shared.models import Operation, Page, RunRecord, RunStatus, StoredEvent
 
 
 def encode_body(
@@ -45,7 +54,11 @@ class Transition:
 
 
 class EventLog(Protocol):
-    """Storage primitives. Every method is one atomic step on the backend."""
+    """Run logs: the conditional append that also moves the run, reads after a cursor, waits.
+
+    Every method is one atomic step on the backend. Closing the log closes the backend
+    (the other stores share its connections).
+    """
 
     keys: Keys
 
@@ -54,7 +67,6 @@ class EventLog(Protocol):
 
     async def close(self) -> None: ...
 
-    # Run records and their logs -------------------------------------------------
     async def create_run(
         self, fields: Mapping[str, str], first_type: str, first_body: bytes
     ) -> None:
@@ -72,16 +84,35 @@ class EventLog(Protocol):
         Raises `NotFound` for a missing run, `AppendRefused` when the rule refuses.
         """
 
-    async def get_run(self, run_id: str) -> dict[str, str] | None: ...
+    async def read(self, log_key: str, after: int, limit: int) -> Page:
+        """Up to `limit` events with id > `after`, plus the log's first and last ids."""
+
+    async def wait(
+        self, cursors: Mapping[str, int], timeout_s: float, count: int
+    ) -> dict[str, list[StoredEvent]]:
+        """Block until some log has events past its cursor (or timeout); return them."""
+
+    async def wake(self, wake_key: str) -> None:
+        """Make a `wait` that includes `wake_key` return now (used to add logs to a wait)."""
+
+    async def append_topic(self, owner: str, topic: str, type_: str, body: bytes) -> int:
+        """Append to a topic's log (a log without a run); return the id."""
+
+
+class RunStore(Protocol):
+    """Run records and what is looked up beside them: idempotency keys, the owner's
+    active runs, operations. Every method is one atomic step on the backend."""
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
 
     async def update_run(
         self, run_id: str, expect: Mapping[str, str], fields: Mapping[str, str]
-    ) -> tuple[bool, dict[str, str] | None]:
+    ) -> tuple[bool, RunRecord | None]:
         """Compare-and-set run fields without an event: (applied, record after)."""
 
     async def list_runs(
         self, owner: str, session_id: str | None, limit: int, offset: int
-    ) -> list[dict[str, str]]:
+    ) -> list[RunRecord]:
         """The owner's runs, newest first (optionally within one session)."""
 
     async def session_exists(self, owner: str, session_id: str) -> bool:
@@ -90,7 +121,6 @@ class EventLog(Protocol):
     async def claim_idempotency(self, owner: str, key: str, run_id: str, ttl_s: int) -> str:
         """Bind key -> run_id unless bound already; return the bound run id."""
 
-    # The owner's unfinished runs (the active-runs limit) --------------------------
     async def admit_active(self, owner: str, run_id: str, limit: int) -> bool:
         """Add `run_id` to the owner's active runs unless they hold `limit` already."""
 
@@ -100,38 +130,71 @@ class EventLog(Protocol):
     async def active_runs(self, owner: str, limit: int) -> list[str]:
         """Up to `limit` of the owner's active run ids, oldest first."""
 
-    # Reading ---------------------------------------------------------------------
-    async def read(self, log_key: str, after: int, limit: int) -> Page:
-        """Up to `limit` events with id > `after`, plus the log's first and last ids."""
-
-    async def wait(
-        self, cursors: Mapping[str, int], timeout_s: float, count: int
-    ) -> dict[str, list[StoredEvent]]:
-        """Block until some log has events past its cursor (or timeout); return them."""
-
-    # Topics: logs without a run ------------------------------------------------------
-    async def append_topic(self, owner: str, topic: str, type_: str, body: bytes) -> int: ...
-
-    # Operations, deadlines, workers ------------------------------------------------
     async def put_operation(self, op: Operation, ttl_s: int) -> bool:
         """Record an operation; False if that id is already recorded."""
 
     async def get_operation(self, operation_id: str) -> Operation | None: ...
 
+
+class Scheduler(Protocol):
+    """When the reaper should look at a run again (its lease end, its publish grace)."""
+
     async def schedule(self, run_id: str, due: float) -> None:
         """Ask the reaper to look at this run at `due` (unix time); replaces any earlier due."""
 
-    async def due(self, now: float, limit: int) -> list[str]: ...
+    async def due(self, now: float, limit: int) -> list[str]:
+        """Up to `limit` run ids whose time has come, earliest first."""
 
     async def unschedule(self, run_id: str) -> None: ...
 
-    async def worker_heartbeat(
-        self, worker_id: str, info: Mapping[str, Any], ttl_s: float
-    ) -> None: ...
 
-    async def remove_worker(self, worker_id: str) -> None: ...
+class WorkerRegistry(Protocol):
+    """The workers alive now, from their heartbeats."""
 
-    async def list_workers(self) -> list[dict[str, Any]]: ...
+    async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl_s: float) -> None:
+        """`worker_id` is alive for `ttl_s` more seconds; `info` is what `live` shows of it."""
 
-    async def wake(self, wake_key: str) -> None:
-        """Make a `wait` that includes `wake_key` return now (used to add logs to a wait)."""
+    async def remove(self, worker_id: str) -> None: ...
+
+    async def live(self) -> list[dict[str, Any]]:
+        """The info of every worker whose last heartbeat has not run out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """One backend's four stores, sharing its connections."""
+
+    log: EventLog
+    runs: RunStore
+    scheduler: Scheduler
+    workers: WorkerRegistry
+
+
+def record_from(fields: Mapping[str, str]) -> RunRecord:
+    """The run record stored as a hash of strings (both backends store it so)."""
+
+    def opt(name: str) -> str | None:
+        return fields.get(name) or None
+
+    lease = opt("lease_until")
+    result = opt("operation_result")
+    return RunRecord(
+        run_id=fields["run_id"],
+        session_id=fields["session_id"],
+        owner=fields["owner"],
+        tool=fields["tool"],
+        input=orjson.loads(fields.get("input", "{}")),
+        status=RunStatus(fields["status"]),
+        attempt=int(fields.get("attempt", "1")),
+        created_at=fields["created_at"],
+        updated_at=fields.get("updated_at", fields["created_at"]),
+        started_at=opt("started_at"),
+        finished_at=opt("finished_at"),
+        last_event_id=int(fields.get("last_event_id", "0")),
+        error=opt("error"),
+        worker=opt("worker"),
+        cancel_requested=fields.get("cancel_requested") == "1",
+        lease_until=float(lease) if lease else None,
+        operation_id=opt("operation_id"),
+        operation_result=orjson.loads(result) if result else None,
+    )

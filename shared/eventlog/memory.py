@@ -1,4 +1,4 @@
-"""The embedded event log: the same contract as Redis, in one process, for `runrelay dev`."""
+"""The embedded stores: the same contracts as Redis, in one process, for `runrelay dev`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import AppendRefused, Conflict, NotFound
-from shared.eventlog.base import Transition
+from shared.eventlog.base import Stores, Transition, record_from
 from shared.keys import Keys
-from shared.models import TERMINAL, Operation, Page, StoredEvent, utcnow
+from shared.models import TERMINAL, Operation, Page, RunRecord, StoredEvent, utcnow
 
 
 @dataclass
@@ -35,24 +35,77 @@ class _Session:
     expires_at: float | None = None
 
 
-class MemoryEventLog:
-    """`EventLog` in process memory. Each method body runs without awaiting, so it is atomic."""
+class MemoryState:
+    """Everything the embedded stores hold, in one place: a run's record and its log
+    change together. No method awaits between reading and writing, so each is atomic."""
 
     def __init__(self, *, prefix: str = "runrelay:", ttl_s: int = 3600, max_events: int = 10_000):
         self.keys = Keys(prefix)
-        self._ttl_s = ttl_s
-        self._max_events = max_events
-        self._runs: dict[str, dict[str, str]] = {}
-        self._run_expiry: dict[str, float] = {}
-        self._logs: dict[str, _Log] = {}
-        self._sessions: dict[str, _Session] = {}
-        self._owner_runs: dict[str, dict[str, float]] = {}
-        self._owner_active: dict[str, dict[str, float]] = {}
-        self._idem: dict[str, tuple[str, float]] = {}
-        self._ops: dict[str, tuple[Operation, float]] = {}
-        self._deadlines: dict[str, float] = {}
-        self._workers: dict[str, tuple[dict[str, Any], float]] = {}
-        self._changed = asyncio.Condition()
+        self.ttl_s = ttl_s
+        self.max_events = max_events
+        self.runs: dict[str, dict[str, str]] = {}
+        self.run_expiry: dict[str, float] = {}
+        self.logs: dict[str, _Log] = {}
+        self.sessions: dict[str, _Session] = {}
+        self.owner_runs: dict[str, dict[str, float]] = {}
+        self.owner_active: dict[str, dict[str, float]] = {}
+        self.idem: dict[str, tuple[str, float]] = {}
+        self.ops: dict[str, tuple[Operation, float]] = {}
+        self.deadlines: dict[str, float] = {}
+        self.workers: dict[str, tuple[dict[str, Any], float]] = {}
+        self.changed = asyncio.Condition()
+
+    def expired(self, at: float | None) -> bool:
+        return at is not None and at <= time.time()
+
+    def log(self, key: str) -> _Log | None:
+        log = self.logs.get(key)
+        if log is not None and self.expired(log.expires_at):
+            del self.logs[key]
+            return None
+        return log
+
+    def session(self, owner: str, session_id: str) -> _Session | None:
+        key = self.keys.session(session_id, owner)
+        sess = self.sessions.get(key)
+        if sess is not None and self.expired(sess.expires_at):
+            del self.sessions[key]
+            self.logs.pop(self.keys.session_log(session_id, owner), None)
+            return None
+        return sess
+
+    def run(self, run_id: str) -> dict[str, str] | None:
+        run = self.runs.get(run_id)
+        if run is not None and self.expired(self.run_expiry.get(run_id)):
+            del self.runs[run_id]
+            self.logs.pop(self.keys.run_log(run["session_id"], run_id), None)
+            return None
+        return run
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    def append_event(self, run: dict[str, str], sess_log: _Log, type_: str, body: bytes) -> int:
+        run_log = self.logs.setdefault(self.keys.run_log(run["session_id"], run["run_id"]), _Log())
+        event_id = int(run.get("last_event_id", "0")) + 1
+        run["last_event_id"] = str(event_id)
+        run_log.last_id = event_id - 1
+        run_log.add(type_, b'{"id":%d,' % event_id + body, self.max_events)
+        sess_log.add(
+            type_,
+            b'{"id":%d,"run_event_id":%d,' % (sess_log.last_id + 1, event_id) + body,
+            self.max_events,
+        )
+        return event_id
+
+
+class MemoryEventLog:
+    """`EventLog` in process memory."""
+
+    def __init__(self, state: MemoryState) -> None:
+        self._s = state
+        self.keys = state.keys
 
     async def ping(self) -> None:
         return None
@@ -60,73 +113,29 @@ class MemoryEventLog:
     async def close(self) -> None:
         return None
 
-    def _expired(self, at: float | None) -> bool:
-        return at is not None and at <= time.time()
-
-    def _log(self, key: str) -> _Log | None:
-        log = self._logs.get(key)
-        if log is not None and self._expired(log.expires_at):
-            del self._logs[key]
-            return None
-        return log
-
-    def _session(self, owner: str, session_id: str) -> _Session | None:
-        key = self.keys.session(session_id, owner)
-        sess = self._sessions.get(key)
-        if sess is not None and self._expired(sess.expires_at):
-            del self._sessions[key]
-            self._logs.pop(self.keys.session_log(session_id, owner), None)
-            return None
-        return sess
-
-    def _run(self, run_id: str) -> dict[str, str] | None:
-        run = self._runs.get(run_id)
-        if run is not None and self._expired(self._run_expiry.get(run_id)):
-            del self._runs[run_id]
-            self._logs.pop(self.keys.run_log(run["session_id"], run_id), None)
-            return None
-        return run
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    def _append_event(self, run: dict[str, str], sess_log: _Log, type_: str, body: bytes) -> int:
-        run_log = self._logs.setdefault(self.keys.run_log(run["session_id"], run["run_id"]), _Log())
-        event_id = int(run.get("last_event_id", "0")) + 1
-        run["last_event_id"] = str(event_id)
-        run_log.last_id = event_id - 1
-        run_log.add(type_, b'{"id":%d,' % event_id + body, self._max_events)
-        sess_log.add(
-            type_,
-            b'{"id":%d,"run_event_id":%d,' % (sess_log.last_id + 1, event_id) + body,
-            self._max_events,
-        )
-        return event_id
-
     async def create_run(
         self, fields: Mapping[str, str], first_type: str, first_body: bytes
     ) -> None:
         run_id, session_id, owner = fields["run_id"], fields["session_id"], fields["owner"]
-        if self._run(run_id) is not None:
+        if self._s.run(run_id) is not None:
             raise Conflict(f"run {run_id} already exists")
-        sess = self._session(owner, session_id)
+        sess = self._s.session(owner, session_id)
         if sess is None:
-            sess = self._sessions[self.keys.session(session_id, owner)] = _Session(owner)
-        sess_log = self._logs.setdefault(self.keys.session_log(session_id, owner), _Log())
+            sess = self._s.sessions[self._s.keys.session(session_id, owner)] = _Session(owner)
+        sess_log = self._s.logs.setdefault(self._s.keys.session_log(session_id, owner), _Log())
         sess.active += 1
         sess.expires_at = sess_log.expires_at = None
         now = time.time()
         sess.runs[run_id] = now
-        self._owner_runs.setdefault(owner, {})[f"{session_id}/{run_id}"] = now
-        run = self._runs[run_id] = {**fields, "last_event_id": "0"}
-        self._append_event(run, sess_log, first_type, first_body)
-        await self._notify()
+        self._s.owner_runs.setdefault(owner, {})[f"{session_id}/{run_id}"] = now
+        run = self._s.runs[run_id] = {**fields, "last_event_id": "0"}
+        self._s.append_event(run, sess_log, first_type, first_body)
+        await self._s.notify()
 
     async def append(
         self, owner: str, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
     ) -> int:
-        run = self._run(run_id)
+        run = self._s.run(run_id)
         if run is None or run["session_id"] != session_id or run["owner"] != owner:
             raise NotFound(f"run {run_id} not found")
         status = run["status"]
@@ -134,11 +143,11 @@ class MemoryEventLog:
             raise AppendRefused(run_id, status, type_)
         if any(run.get(k) != v for k, v in rule.expect.items()):
             raise AppendRefused(run_id, status, type_)
-        sess = self._session(owner, session_id) or self._sessions.setdefault(
-            self.keys.session(session_id, owner), _Session(owner)
+        sess = self._s.session(owner, session_id) or self._s.sessions.setdefault(
+            self._s.keys.session(session_id, owner), _Session(owner)
         )
-        sess_log = self._logs.setdefault(self.keys.session_log(session_id, owner), _Log())
-        event_id = self._append_event(run, sess_log, type_, body)
+        sess_log = self._s.logs.setdefault(self._s.keys.session_log(session_id, owner), _Log())
+        event_id = self._s.append_event(run, sess_log, type_, body)
         now = rule.fields.get("updated_at") or utcnow()
         run["updated_at"] = now
         if rule.to:
@@ -146,55 +155,17 @@ class MemoryEventLog:
         run.update(rule.fields)
         if rule.terminal:
             run["finished_at"] = now
-            expiry = time.time() + self._ttl_s
-            self._run_expiry[run_id] = expiry
-            self._logs[self.keys.run_log(session_id, run_id)].expires_at = expiry
+            expiry = time.time() + self._s.ttl_s
+            self._s.run_expiry[run_id] = expiry
+            self._s.logs[self._s.keys.run_log(session_id, run_id)].expires_at = expiry
             sess.active -= 1
             if sess.active <= 0:
                 sess.expires_at = sess_log.expires_at = expiry
-        await self._notify()
+        await self._s.notify()
         return event_id
 
-    async def get_run(self, run_id: str) -> dict[str, str] | None:
-        run = self._run(run_id)
-        return dict(run) if run is not None else None
-
-    async def update_run(
-        self, run_id: str, expect: Mapping[str, str], fields: Mapping[str, str]
-    ) -> tuple[bool, dict[str, str] | None]:
-        run = self._run(run_id)
-        if run is None:
-            return False, None
-        applied = all(run.get(k) == v for k, v in expect.items())
-        if applied:
-            run.update(fields)
-        return applied, dict(run)
-
-    async def list_runs(
-        self, owner: str, session_id: str | None, limit: int, offset: int
-    ) -> list[dict[str, str]]:
-        if session_id is not None:
-            sess = self._session(owner, session_id)
-            refs = [(r, t) for r, t in (sess.runs.items() if sess else [])]
-        else:
-            owned = self._owner_runs.get(owner, {}).items()
-            refs = [(ref.split("/", 1)[1], t) for ref, t in owned]
-        refs.sort(key=lambda ref: ref[1], reverse=True)
-        records = [self._run(rid) for rid, _ in refs[offset : offset + limit]]
-        return [dict(r) for r in records if r is not None and r["owner"] == owner]
-
-    async def session_exists(self, owner: str, session_id: str) -> bool:
-        return self._session(owner, session_id) is not None
-
-    async def claim_idempotency(self, owner: str, key: str, run_id: str, ttl_s: int) -> str:
-        k = self.keys.idempotency(owner, key)
-        bound = self._idem.get(k)
-        if bound is None or self._expired(bound[1]):
-            self._idem[k] = bound = (run_id, time.time() + ttl_s)
-        return bound[0]
-
     async def read(self, log_key: str, after: int, limit: int) -> Page:
-        log = self._log(log_key)
+        log = self._s.log(log_key)
         if log is None or not log.events:
             return Page([], 0, log.last_id if log else 0)
         first = log.events[0].id
@@ -205,11 +176,11 @@ class MemoryEventLog:
         self, cursors: Mapping[str, int], timeout_s: float, count: int
     ) -> dict[str, list[StoredEvent]]:
         deadline = asyncio.get_running_loop().time() + timeout_s
-        async with self._changed:
+        async with self._s.changed:
             while True:
                 found = {}
                 for key, cursor in cursors.items():
-                    log = self._log(key)
+                    log = self._s.log(key)
                     if log is not None and log.last_id > cursor:
                         page = await self.read(key, cursor, count)
                         if page.events:
@@ -220,69 +191,144 @@ class MemoryEventLog:
                 if remaining <= 0:
                     return {}
                 try:
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+                    await asyncio.wait_for(self._s.changed.wait(), remaining)
                 except TimeoutError:
                     return {}
 
     async def wake(self, wake_key: str) -> None:
-        log = self._logs.setdefault(wake_key, _Log())
+        log = self._s.logs.setdefault(wake_key, _Log())
         log.add("wake", b"{}", 1)
-        await self._notify()
+        await self._s.notify()
 
     async def append_topic(self, owner: str, topic: str, type_: str, body: bytes) -> int:
-        log = self._logs.setdefault(self.keys.topic_log(owner, topic), _Log())
-        log.add(type_, b'{"id":%d,' % (log.last_id + 1) + body, self._max_events)
-        log.expires_at = time.time() + self._ttl_s
-        await self._notify()
+        log = self._s.logs.setdefault(self._s.keys.topic_log(owner, topic), _Log())
+        log.add(type_, b'{"id":%d,' % (log.last_id + 1) + body, self._s.max_events)
+        log.expires_at = time.time() + self._s.ttl_s
+        await self._s.notify()
         return log.last_id
 
+
+class MemoryRunStore:
+    """`RunStore` in process memory."""
+
+    def __init__(self, state: MemoryState) -> None:
+        self._s = state
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        run = self._s.run(run_id)
+        return record_from(run) if run is not None else None
+
+    async def update_run(
+        self, run_id: str, expect: Mapping[str, str], fields: Mapping[str, str]
+    ) -> tuple[bool, RunRecord | None]:
+        run = self._s.run(run_id)
+        if run is None:
+            return False, None
+        applied = all(run.get(k) == v for k, v in expect.items())
+        if applied:
+            run.update(fields)
+        return applied, record_from(run)
+
+    async def list_runs(
+        self, owner: str, session_id: str | None, limit: int, offset: int
+    ) -> list[RunRecord]:
+        if session_id is not None:
+            sess = self._s.session(owner, session_id)
+            refs = [(r, t) for r, t in (sess.runs.items() if sess else [])]
+        else:
+            owned = self._s.owner_runs.get(owner, {}).items()
+            refs = [(ref.split("/", 1)[1], t) for ref, t in owned]
+        refs.sort(key=lambda ref: ref[1], reverse=True)
+        records = [self._s.run(rid) for rid, _ in refs[offset : offset + limit]]
+        return [record_from(r) for r in records if r is not None and r["owner"] == owner]
+
+    async def session_exists(self, owner: str, session_id: str) -> bool:
+        return self._s.session(owner, session_id) is not None
+
+    async def claim_idempotency(self, owner: str, key: str, run_id: str, ttl_s: int) -> str:
+        k = self._s.keys.idempotency(owner, key)
+        bound = self._s.idem.get(k)
+        if bound is None or self._s.expired(bound[1]):
+            self._s.idem[k] = bound = (run_id, time.time() + ttl_s)
+        return bound[0]
+
     async def put_operation(self, op: Operation, ttl_s: int) -> bool:
-        current = self._ops.get(op.operation_id)
-        if current is not None and not self._expired(current[1]):
+        current = self._s.ops.get(op.operation_id)
+        if current is not None and not self._s.expired(current[1]):
             return False
-        self._ops[op.operation_id] = (op, time.time() + ttl_s)
+        self._s.ops[op.operation_id] = (op, time.time() + ttl_s)
         return True
 
     async def get_operation(self, operation_id: str) -> Operation | None:
-        current = self._ops.get(operation_id)
-        if current is None or self._expired(current[1]):
+        current = self._s.ops.get(operation_id)
+        if current is None or self._s.expired(current[1]):
             return None
         return current[0]
 
     async def admit_active(self, owner: str, run_id: str, limit: int) -> bool:
-        active = self._owner_active.setdefault(owner, {})
+        active = self._s.owner_active.setdefault(owner, {})
         if run_id not in active and len(active) >= limit:
             return False
         active.setdefault(run_id, time.time())
         return True
 
     async def drop_active(self, owner: str, run_ids: Sequence[str]) -> None:
-        active = self._owner_active.get(owner, {})
+        active = self._s.owner_active.get(owner, {})
         for run_id in run_ids:
             active.pop(run_id, None)
         if not active:
-            self._owner_active.pop(owner, None)
+            self._s.owner_active.pop(owner, None)
 
     async def active_runs(self, owner: str, limit: int) -> list[str]:
-        active = self._owner_active.get(owner, {})
+        active = self._s.owner_active.get(owner, {})
         return [r for _, r in sorted((t, r) for r, t in active.items())[:limit]]
 
+
+class MemoryScheduler:
+    """`Scheduler` in process memory."""
+
+    def __init__(self, state: MemoryState) -> None:
+        self._s = state
+
     async def schedule(self, run_id: str, due: float) -> None:
-        self._deadlines[run_id] = due
+        self._s.deadlines[run_id] = due
 
     async def due(self, now: float, limit: int) -> list[str]:
-        ready = sorted((t, r) for r, t in self._deadlines.items() if t <= now)
+        ready = sorted((t, r) for r, t in self._s.deadlines.items() if t <= now)
         return [r for _, r in ready[:limit]]
 
     async def unschedule(self, run_id: str) -> None:
-        self._deadlines.pop(run_id, None)
+        self._s.deadlines.pop(run_id, None)
 
-    async def worker_heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl_s: float) -> None:
+
+class MemoryWorkerRegistry:
+    """`WorkerRegistry` in process memory."""
+
+    def __init__(self, state: MemoryState) -> None:
+        self._s = state
+
+    async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl_s: float) -> None:
         now = time.time()
-        self._workers[worker_id] = ({**info, "worker_id": worker_id, "last_seen": now}, now + ttl_s)
+        self._s.workers[worker_id] = (
+            {**info, "worker_id": worker_id, "last_seen": now},
+            now + ttl_s,
+        )
 
-    async def remove_worker(self, worker_id: str) -> None:
-        self._workers.pop(worker_id, None)
+    async def remove(self, worker_id: str) -> None:
+        self._s.workers.pop(worker_id, None)
 
-    async def list_workers(self) -> list[dict[str, Any]]:
-        return [info for info, until in self._workers.values() if not self._expired(until)]
+    async def live(self) -> list[dict[str, Any]]:
+        return [info for info, until in self._s.workers.values() if not self._s.expired(until)]
+
+
+def memory_stores(
+    *, prefix: str = "runrelay:", ttl_s: int = 3600, max_events: int = 10_000
+) -> Stores:
+    """The four embedded stores on one shared `MemoryState`."""
+    state = MemoryState(prefix=prefix, ttl_s=ttl_s, max_events=max_events)
+    return Stores(
+        log=MemoryEventLog(state),
+        runs=MemoryRunStore(state),
+        scheduler=MemoryScheduler(state),
+        workers=MemoryWorkerRegistry(state),
+    )

@@ -1,4 +1,8 @@
-"""The event log on Redis Streams; the only module (with the tail reader) that imports redis."""
+"""The stores on Redis: the connection they share, and the event log on Redis Streams.
+
+With `shared.eventlog.redis_records` (run records, schedule, workers), the only
+modules that import redis.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,9 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -17,7 +20,7 @@ from shared.errors import AppendRefused, BackendUnavailable, Conflict, NotFound
 from shared.eventlog import scripts
 from shared.eventlog.base import Transition
 from shared.keys import Keys
-from shared.models import Operation, Page, StoredEvent, utcnow
+from shared.models import Page, StoredEvent, utcnow
 
 # Commands on the shared pool must fail fast when Redis is gone; blocking reads get
 # their own pool with a timeout longer than any block they issue.
@@ -32,7 +35,7 @@ _INDEX_CACHE = 100_000
 # demoted master) or without a quorum answers with an error reply (ResponseError).
 # Every one of them becomes `BackendUnavailable` here, so no caller ever mistakes a
 # backend blip for a bad request or a tool's failure.
-_BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, EOFError, RuntimeError)
+BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, EOFError, RuntimeError)
 
 
 def _seq(stream_id: bytes | str) -> int:
@@ -57,14 +60,14 @@ def _flat_events(entries: list[Any]) -> list[StoredEvent]:
     return out
 
 
-def _pairs(mapping: Mapping[str, str]) -> list[str]:
+def flat_pairs(mapping: Mapping[str, str]) -> list[str]:
     flat: list[str] = []
     for key, value in mapping.items():
         flat += [key, value]
     return flat
 
 
-def _text(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+def decoded(raw: Mapping[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
@@ -144,26 +147,26 @@ class _ChangeFeed:
         return ready
 
 
-class RedisEventLog:
-    """`EventLog` on Redis; a fixed handful of connections however many readers there are:
-    `max_connections` for commands, one pub/sub connection (the change feed) and one
-    more only while a second task blocks in `wait` — 8 in all by default."""
+class RedisConnection:
+    """What the four Redis stores share: the pools, the key names, the run -> session index
+    cache, and the one translation of client-library errors into `BackendUnavailable`.
+
+    A fixed handful of connections however many readers there are: `max_connections`
+    for commands, one pub/sub connection (the change feed) and one more only while a
+    second task blocks in `wait` — 8 in all by default.
+    """
 
     def __init__(
         self,
         url: str,
         *,
         prefix: str,
-        ttl_s: int,
-        max_events: int,
         max_connections: int = 6,
         client_name: str | None = None,
     ) -> None:
         self.keys = Keys(prefix)
-        self._url = url
-        self._ttl_s = ttl_s
-        self._max_events = max_events
-        self._redis = aioredis.Redis(
+        self.url = url
+        self.redis = aioredis.Redis(
             connection_pool=aioredis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=max_connections,
@@ -173,7 +176,7 @@ class RedisEventLog:
                 client_name=client_name,
             )
         )
-        self._blocking = aioredis.Redis(
+        self.blocking = aioredis.Redis(
             connection_pool=aioredis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=2,
@@ -183,35 +186,36 @@ class RedisEventLog:
                 client_name=client_name,
             )
         )
-        self._create = self._redis.register_script(scripts.CREATE)
-        self._append = self._redis.register_script(scripts.APPEND)
-        self._update = self._redis.register_script(scripts.UPDATE)
-        # Pages are read with plain XRANGE in MULTI (a Lua script would copy every entry
-        # into Lua tables and back: 4x slower in Redis for a 500-event page), and parsed
-        # by `_flat_events` rather than redis-py's per-entry dicts.
-        self._redis.set_response_callback("XRANGE", _raw)
-        self._redis.set_response_callback("XREVRANGE", _raw)
-        for client in (self._redis, self._blocking):
-            client.set_response_callback("XREAD", _raw)
-        self._feed = _ChangeFeed(self._blocking)
-        self._append_topic = self._redis.register_script(scripts.APPEND_TOPIC)
-        self._admit_active = self._redis.register_script(scripts.ADMIT_ACTIVE)
         # run id -> session id never changes once written, so caching it is always safe.
         self._sessions: OrderedDict[str, str] = OrderedDict()
 
-    def _unavailable(self, exc: Exception) -> BackendUnavailable:
-        host = self._url.rpartition("@")[2]
+    def unavailable(self, exc: Exception) -> BackendUnavailable:
+        host = self.url.rpartition("@")[2]
         return BackendUnavailable(f"Redis at {host} is unavailable: {type(exc).__name__}: {exc}")
 
-    async def ping(self) -> None:
-        await self._call(self._redis.ping())
+    async def call(self, coro: Any) -> Any:
+        """Await one Redis call; every backend error comes out as `BackendUnavailable`."""
+        try:
+            return await coro
+        except BACKEND_ERRORS as exc:
+            raise self.unavailable(exc) from exc
 
-    async def close(self) -> None:
-        await self._feed.reset()
-        await self._redis.aclose()
-        await self._blocking.aclose()
+    async def session_of(self, run_id: str) -> str | None:
+        session_id = self._sessions.get(run_id)
+        if session_id is not None:
+            self._sessions.move_to_end(run_id)
+            return session_id
+        raw = await self.call(self.redis.get(self.keys.run_index(run_id)))
+        if raw is None:
+            return None
+        session_id = str(raw.decode())
+        self._sessions[run_id] = session_id
+        if len(self._sessions) > _INDEX_CACHE:
+            self._sessions.popitem(last=False)
+        return session_id
 
-    def _run_keys(self, owner: str, session_id: str, run_id: str) -> list[str]:
+    def run_keys(self, owner: str, session_id: str, run_id: str) -> list[str]:
+        """The keys one run's scripts touch: all in the session's slot."""
         k = self.keys
         return [
             k.run(session_id, run_id),
@@ -221,25 +225,40 @@ class RedisEventLog:
             k.session_runs(session_id, owner),
         ]
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except _BACKEND_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.blocking.aclose()
 
-    async def _session_of(self, run_id: str) -> str | None:
-        session_id = self._sessions.get(run_id)
-        if session_id is not None:
-            self._sessions.move_to_end(run_id)
-            return session_id
-        raw = await self._call(self._redis.get(self.keys.run_index(run_id)))
-        if raw is None:
-            return None
-        session_id = str(raw.decode())
-        self._sessions[run_id] = session_id
-        if len(self._sessions) > _INDEX_CACHE:
-            self._sessions.popitem(last=False)
-        return session_id
+
+class RedisEventLog:
+    """`EventLog` on Redis (see `RedisConnection` for the connections it holds)."""
+
+    def __init__(self, conn: RedisConnection, *, ttl_s: int, max_events: int) -> None:
+        self.conn = conn
+        self.keys = conn.keys
+        self._ttl_s = ttl_s
+        self._max_events = max_events
+        self._redis = conn.redis
+        self._blocking = conn.blocking
+        self._call = conn.call
+        self._create = self._redis.register_script(scripts.CREATE)
+        self._append = self._redis.register_script(scripts.APPEND)
+        # Pages are read with plain XRANGE in MULTI (a Lua script would copy every entry
+        # into Lua tables and back: 4x slower in Redis for a 500-event page), and parsed
+        # by `_flat_events` rather than redis-py's per-entry dicts.
+        self._redis.set_response_callback("XRANGE", _raw)
+        self._redis.set_response_callback("XREVRANGE", _raw)
+        for client in (self._redis, self._blocking):
+            client.set_response_callback("XREAD", _raw)
+        self._feed = _ChangeFeed(self._blocking)
+        self._append_topic = self._redis.register_script(scripts.APPEND_TOPIC)
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping())
+
+    async def close(self) -> None:
+        await self._feed.reset()
+        await self.conn.close()
 
     # Runs ---------------------------------------------------------------------------
     async def create_run(
@@ -252,7 +271,7 @@ class RedisEventLog:
         score = time.time()
         result = await self._call(
             self._create(
-                keys=self._run_keys(owner, session_id, run_id),
+                keys=self.conn.run_keys(owner, session_id, run_id),
                 args=[
                     owner,
                     run_id,
@@ -261,7 +280,7 @@ class RedisEventLog:
                     first_body,
                     self._max_events,
                     len(fields),
-                    *_pairs(fields),
+                    *flat_pairs(fields),
                 ],
             )
         )
@@ -278,7 +297,7 @@ class RedisEventLog:
         now = rule.fields.get("updated_at") or utcnow()
         result = await self._call(
             self._append(
-                keys=self._run_keys(owner, session_id, run_id),
+                keys=self.conn.run_keys(owner, session_id, run_id),
                 args=[
                     type_,
                     body,
@@ -289,9 +308,9 @@ class RedisEventLog:
                     self._ttl_s,
                     self._max_events,
                     len(rule.expect),
-                    *_pairs(rule.expect),
+                    *flat_pairs(rule.expect),
                     len(rule.fields),
-                    *_pairs(rule.fields),
+                    *flat_pairs(rule.fields),
                 ],
             )
         )
@@ -303,87 +322,6 @@ class RedisEventLog:
         if not status:
             raise NotFound(f"run {run_id} not found")
         raise AppendRefused(run_id, status, type_)
-
-    async def get_run(self, run_id: str) -> dict[str, str] | None:
-        session_id = await self._session_of(run_id)
-        if session_id is None:
-            return None
-        raw = await self._call(self._redis.hgetall(self.keys.run(session_id, run_id)))
-        return _text(raw) if raw else None
-
-    async def update_run(
-        self, run_id: str, expect: Mapping[str, str], fields: Mapping[str, str]
-    ) -> tuple[bool, dict[str, str] | None]:
-        session_id = await self._session_of(run_id)
-        if session_id is None:
-            return False, None
-        applied, flat = await self._call(
-            self._update(
-                keys=[self.keys.run(session_id, run_id)],
-                args=[len(expect), *_pairs(expect), len(fields), *_pairs(fields)],
-            )
-        )
-        if not flat:
-            return False, None
-        record = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
-        return bool(applied), record
-
-    # The owner's active runs ---------------------------------------------------------
-    async def admit_active(self, owner: str, run_id: str, limit: int) -> bool:
-        admitted = await self._call(
-            self._admit_active(
-                keys=[self.keys.owner_active(owner)], args=[run_id, limit, time.time()]
-            )
-        )
-        return bool(admitted)
-
-    async def drop_active(self, owner: str, run_ids: Sequence[str]) -> None:
-        if run_ids:
-            await self._call(self._redis.zrem(self.keys.owner_active(owner), *run_ids))
-
-    async def active_runs(self, owner: str, limit: int) -> list[str]:
-        key = self.keys.owner_active(owner)
-        members = await self._call(self._redis.zrange(key, 0, limit - 1))
-        return [member.decode() for member in members]
-
-    async def list_runs(
-        self, owner: str, session_id: str | None, limit: int, offset: int
-    ) -> list[dict[str, str]]:
-        if session_id is not None:
-            members = await self._call(
-                self._redis.zrevrange(
-                    self.keys.session_runs(session_id, owner), offset, offset + limit - 1
-                )
-            )
-            refs = [(session_id, m.decode()) for m in members]
-        else:
-            members = await self._call(
-                self._redis.zrevrange(self.keys.owner_runs(owner), offset, offset + limit - 1)
-            )
-            refs = [tuple(m.decode().split("/", 1)) for m in members]
-        if not refs:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for sid, rid in refs:
-                pipe.hgetall(self.keys.run(sid, rid))
-            raws = await self._call(pipe.execute())
-        records = [_text(raw) for raw in raws if raw]
-        expired = [f"{sid}/{rid}" for (sid, rid), raw in zip(refs, raws, strict=True) if not raw]
-        if expired and session_id is None:
-            await self._call(self._redis.zrem(self.keys.owner_runs(owner), *expired))
-        return [r for r in records if r.get("owner") == owner]
-
-    async def session_exists(self, owner: str, session_id: str) -> bool:
-        key = self.keys.session(session_id, owner)
-        return bool(await self._call(self._redis.exists(key)))
-
-    async def claim_idempotency(self, owner: str, key: str, run_id: str, ttl_s: int) -> str:
-        k = self.keys.idempotency(owner, key)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(k, run_id, nx=True, ex=ttl_s)
-            pipe.get(k)
-            _, bound = await self._call(pipe.execute())
-        return str(bound.decode())
 
     # Reading ------------------------------------------------------------------------
     async def read(self, log_key: str, after: int, limit: int) -> Page:
@@ -409,9 +347,9 @@ class RedisEventLog:
             return await self._xread(self._blocking, cursors, count, timeout_s)
         try:
             ready = await self._feed.ready(cursors, timeout_s)
-        except _BACKEND_ERRORS as exc:
+        except BACKEND_ERRORS as exc:
             await self._feed.reset()
-            raise self._unavailable(exc) from exc
+            raise self.conn.unavailable(exc) from exc
         if not ready:
             return {}
         found = await self._xread(self._redis, {k: cursors[k] for k in ready}, count, None)
@@ -429,8 +367,8 @@ class RedisEventLog:
         block = None if timeout_s is None else max(1, int(timeout_s * 1000))
         try:
             reply: Any = await client.xread(streams, count=count, block=block)
-        except _BACKEND_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+        except BACKEND_ERRORS as exc:
+            raise self.conn.unavailable(exc) from exc
         # RESP3 answers a map, RESP2 a list of [key, entries].
         pairs = reply.items() if isinstance(reply, dict) else reply or []
         return {key.decode(): _flat_events(entries) for key, entries in pairs}
@@ -455,55 +393,3 @@ class RedisEventLog:
             )
         )
         return int(result)
-
-    # Operations, deadlines, workers -------------------------------------------------
-    async def put_operation(self, op: Operation, ttl_s: int) -> bool:
-        created = await self._call(
-            self._redis.set(
-                self.keys.operation(op.operation_id), op.model_dump_json(), nx=True, ex=ttl_s
-            )
-        )
-        return bool(created)
-
-    async def get_operation(self, operation_id: str) -> Operation | None:
-        raw = await self._call(self._redis.get(self.keys.operation(operation_id)))
-        return Operation.model_validate_json(raw) if raw is not None else None
-
-    async def schedule(self, run_id: str, due: float) -> None:
-        await self._call(self._redis.zadd(self.keys.deadlines(), {run_id: due}))
-
-    async def due(self, now: float, limit: int) -> list[str]:
-        raw = await self._call(
-            self._redis.zrangebyscore(self.keys.deadlines(), "-inf", now, start=0, num=limit)
-        )
-        return [r.decode() for r in raw]
-
-    async def unschedule(self, run_id: str) -> None:
-        await self._call(self._redis.zrem(self.keys.deadlines(), run_id))
-
-    async def worker_heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl_s: float) -> None:
-        now = time.time()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self.keys.workers(), {worker_id: now + ttl_s})
-            pipe.hset(
-                self.keys.workers_info(),
-                worker_id,
-                orjson.dumps({**info, "worker_id": worker_id, "last_seen": now}),
-            )
-            pipe.zremrangebyscore(self.keys.workers(), "-inf", now)
-            await self._call(pipe.execute())
-
-    async def remove_worker(self, worker_id: str) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.keys.workers(), worker_id)
-            pipe.hdel(self.keys.workers_info(), worker_id)
-            await self._call(pipe.execute())
-
-    async def list_workers(self) -> list[dict[str, Any]]:
-        alive = await self._call(
-            self._redis.zrangebyscore(self.keys.workers(), time.time(), "+inf")
-        )
-        if not alive:
-            return []
-        infos = await self._call(self._redis.hmget(self.keys.workers_info(), alive))
-        return [orjson.loads(i) for i in infos if i is not None]

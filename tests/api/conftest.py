@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.tail import TailHub
 from shared.broker.base import Broker, Names
-from shared.eventlog.base import EventLog
+from shared.eventlog.base import Stores
 from shared.lifecycle import Runs
 from shared.models import RunRecord, RunStatus
 from shared.runtime import Runtime
@@ -90,14 +90,14 @@ MakeApi = Callable[..., contextlib.AbstractAsyncContextManager[Api]]
 
 
 def build_runtime(settings: Settings, backend: str, client_name: str | None) -> Runtime:
-    log: EventLog
+    stores: Stores
     broker: Broker
     if backend == "real":
         from shared.broker.rabbitmq import RabbitBroker
-        from shared.eventlog.redis import RedisEventLog
+        from shared.eventlog.redis_records import redis_stores
 
         assert settings.redis_url and settings.amqp_url
-        log = RedisEventLog(
+        stores = redis_stores(
             settings.redis_url,
             prefix=settings.key_prefix,
             ttl_s=settings.stream_ttl_s,
@@ -111,16 +111,15 @@ def build_runtime(settings: Settings, backend: str, client_name: str | None) -> 
         )
     else:
         from shared.broker.memory import MemoryBroker
-        from shared.eventlog.memory import MemoryEventLog
+        from shared.eventlog.memory import memory_stores
 
-        log = MemoryEventLog(
+        stores = memory_stores(
             prefix=settings.key_prefix,
             ttl_s=settings.stream_ttl_s,
             max_events=settings.stream_max_events,
         )
         broker = MemoryBroker(names=Names.for_prefix(settings.key_prefix))
-    runs = Runs(log, publish_grace_s=settings.publish_grace_s)
-    return Runtime(settings, log, broker, runs, embedded=backend != "real")
+    return Runtime(settings, stores, broker, embedded=backend != "real")
 
 
 @pytest.fixture(params=["real", "memory"])

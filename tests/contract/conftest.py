@@ -7,40 +7,59 @@ from typing import Any
 
 import pytest
 
-from shared.eventlog.base import EventLog
-from shared.eventlog.memory import MemoryEventLog
-from shared.eventlog.redis import RedisEventLog
+from shared.eventlog.base import EventLog, RunStore, Scheduler, Stores, WorkerRegistry
+from shared.eventlog.memory import memory_stores
+from shared.eventlog.redis_records import redis_stores
 from shared.lifecycle import Runs
 
-MakeLog = Callable[..., EventLog]
+MakeStores = Callable[..., Stores]
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def make_log(request: pytest.FixtureRequest) -> AsyncIterator[MakeLog]:
-    made: list[EventLog] = []
+async def make_stores(request: pytest.FixtureRequest) -> AsyncIterator[MakeStores]:
+    made: list[Stores] = []
 
-    def make(**kw: Any) -> EventLog:
+    def make(**kw: Any) -> Stores:
         kw.setdefault("prefix", request.getfixturevalue("prefix"))
         kw.setdefault("ttl_s", 3600)
         kw.setdefault("max_events", 100_000)
-        log: EventLog
         if request.param == "redis":
-            log = RedisEventLog(request.getfixturevalue("redis_url"), **kw)
+            stores = redis_stores(request.getfixturevalue("redis_url"), **kw)
         else:
-            log = MemoryEventLog(**kw)
-        made.append(log)
-        return log
+            stores = memory_stores(**kw)
+        made.append(stores)
+        return stores
 
     yield make
-    for log in made:
-        await log.close()
+    for stores in made:
+        await stores.log.close()
 
 
 @pytest.fixture
-def log(make_log: MakeLog) -> EventLog:
-    return make_log()
+def stores(make_stores: MakeStores) -> Stores:
+    return make_stores()
 
 
 @pytest.fixture
-def runs(log: EventLog) -> Runs:
-    return Runs(log)
+def log(stores: Stores) -> EventLog:
+    return stores.log
+
+
+@pytest.fixture
+def store(stores: Stores) -> RunStore:
+    return stores.runs
+
+
+@pytest.fixture
+def scheduler(stores: Stores) -> Scheduler:
+    return stores.scheduler
+
+
+@pytest.fixture
+def workers(stores: Stores) -> WorkerRegistry:
+    return stores.workers
+
+
+@pytest.fixture
+def runs(stores: Stores) -> Runs:
+    return Runs(stores)

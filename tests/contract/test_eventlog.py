@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.errors import AppendRefused, NotFound
-from shared.eventlog.base import EventLog, Transition
+from shared.eventlog.base import EventLog, RunStore, Transition
 from shared.eventlog.follow import Gap, follow, replay
 from shared.lifecycle import Runs
 from shared.models import RunRecord, RunStatus, StoredEvent
-from tests.contract.conftest import MakeLog
+from tests.contract.conftest import MakeStores
 from tests.support.wait import wait_for
 
 
@@ -94,9 +94,9 @@ async def test_racing_terminal_appends_exactly_one_wins(runs: Runs, log: EventLo
     assert (await runs.get(run.run_id)).terminal
 
 
-async def test_trimmed_log_reports_its_oldest_id(make_log: MakeLog) -> None:
-    log = make_log(max_events=10)
-    runs = Runs(log)
+async def test_trimmed_log_reports_its_oldest_id(make_stores: MakeStores) -> None:
+    stores = make_stores(max_events=10)
+    log, runs = stores.log, Runs(stores)
     run = await started(runs)
     for i in range(23):
         await runs.emit(run, "output.message.delta", {"delta": str(i)}, worker="w1")
@@ -110,9 +110,9 @@ async def test_trimmed_log_reports_its_oldest_id(make_log: MakeLog) -> None:
     assert [i.id for i in items[1:] if isinstance(i, StoredEvent)] == list(range(16, 26))
 
 
-async def test_a_run_longer_than_the_ttl_keeps_its_whole_log(make_log: MakeLog) -> None:
-    log = make_log(ttl_s=1)
-    runs = Runs(log)
+async def test_a_run_longer_than_the_ttl_keeps_its_whole_log(make_stores: MakeStores) -> None:
+    stores = make_stores(ttl_s=1)
+    log, runs = stores.log, Runs(stores)
     run = await started(runs)
     await runs.emit(run, "output.message.delta", {"delta": "early"}, worker="w1")
     # Time passing beyond the TTL is what this test is about, not a wait for a condition.
@@ -135,8 +135,8 @@ async def _gone(runs: Runs, run_id: str) -> bool:
     return False
 
 
-async def test_two_prefixes_never_see_each_other(make_log: MakeLog, prefix: str) -> None:
-    a, b = Runs(make_log(prefix=prefix + "a:")), Runs(make_log(prefix=prefix + "b:"))
+async def test_two_prefixes_never_see_each_other(make_stores: MakeStores, prefix: str) -> None:
+    a, b = Runs(make_stores(prefix=prefix + "a:")), Runs(make_stores(prefix=prefix + "b:"))
     run, _ = await a.create(owner="alice", tool="story", input={}, session_id="shared-session")
     with pytest.raises(NotFound):
         await b.get(run.run_id)
@@ -179,12 +179,15 @@ async def test_session_log_interleaves_runs_with_session_local_ids(
     assert [r.run_id for r in await runs.list("alice", session_id="chat-1")] == [b.run_id, a.run_id]
 
 
-async def test_sessions_are_per_owner_even_with_the_same_id(runs: Runs, log: EventLog) -> None:
+async def test_sessions_are_per_owner_even_with_the_same_id(
+    runs: Runs, log: EventLog, store: RunStore
+) -> None:
     mine, _ = await runs.create(owner="alice", tool="story", input={}, session_id="chat")
     theirs, _ = await runs.create(owner="mallory", tool="story", input={}, session_id="chat")
 
-    assert await log.session_exists("alice", "chat") and await log.session_exists("mallory", "chat")
-    assert not await log.session_exists("bob", "chat")
+    assert await store.session_exists("alice", "chat")
+    assert await store.session_exists("mallory", "chat")
+    assert not await store.session_exists("bob", "chat")
     assert [r.run_id for r in await runs.list("alice", session_id="chat")] == [mine.run_id]
     assert [r.run_id for r in await runs.list("mallory", session_id="chat")] == [theirs.run_id]
     alices = await all_events(log, log.keys.session_log("chat", "alice"))

@@ -25,7 +25,6 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.tail import TailHub
-from shared.lifecycle import Runs
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.api.conftest import build_runtime
@@ -85,17 +84,13 @@ MakeStack = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]
 @pytest.fixture
 def make_stack(make_settings: Callable[..., Settings]) -> MakeStack:
     @contextlib.asynccontextmanager
-    async def make(*, worker: bool = True, **overrides: Any) -> AsyncIterator[Stack]:
+    async def make(
+        *, worker: bool = True, send_buffer: int | None = None, **overrides: Any
+    ) -> AsyncIterator[Stack]:
         overrides.setdefault("api_tokens", TOKENS)
         settings = make_settings(**overrides)
         client_name = f"rrfault-{uuid.uuid4().hex[:8]}"
         runtime = build_runtime(settings, "real", client_name)
-        # As `Runtime.build` makes it: the per-owner active-runs limit included.
-        runtime.runs = Runs(
-            runtime.log,
-            publish_grace_s=settings.publish_grace_s,
-            max_active_per_owner=settings.max_active_runs_per_owner,
-        )
         await runtime.start()
         running: Worker | None = None
         try:
@@ -103,7 +98,7 @@ def make_stack(make_settings: Callable[..., Settings]) -> MakeStack:
                 running = Worker(Runtime.build(settings), owns_runtime=True)
                 await running.start()
             app = create_app(runtime, manage_runtime=False)
-            async with serve_app(app, timeout_graceful_shutdown=2) as url:
+            async with serve_app(app, timeout_graceful_shutdown=2, send_buffer=send_buffer) as url:
                 yield Stack(url, app, runtime, running, client_name)
         finally:
             if running is not None:
@@ -127,6 +122,19 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str | None]:
     }
     env.update(extra)
     return env
+
+
+async def post_run(port: int, tool: str, input: dict[str, Any], *, token: str = ALICE) -> str:
+    """`POST /v1/runs` as a client would; the run id of the 202."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20.0) as http:
+        response = await http.post(
+            "/v1/runs",
+            json={"tool": tool, "input": input},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert response.status_code == 202, response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
 
 
 async def spawn_api(

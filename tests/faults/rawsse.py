@@ -4,8 +4,13 @@
     result.ids  # the ids received, in order
 
 One connection, HTTP/1.1 with chunked bodies decoded by hand, frames parsed by the
-SDK's own pure decoder (`runrelay.sse`). No reconnects: a test that wants one calls
-again with the last id.
+SDK's own pure decoder (`runrelay.sse`). `read_stream` never reconnects; `follow` does,
+as a client that resumes should (Last-Event-ID = the last id it received), and reports
+every id of every connection, so a server that repeats an event on resume is seen:
+
+    result = await follow(proxy.port, f"/v1/runs/{run_id}/events", token="t")
+    result.ids          # across all reconnects, repeats included
+    result.connections  # how many connections it took
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -20,7 +26,7 @@ import orjson
 from runrelay.sse import SSEComment, SSEDecoder, SSEFrame
 from shared.models import TERMINAL_EVENTS
 
-__all__ = ["StreamResult", "read_stream"]
+__all__ = ["FollowResult", "StreamResult", "follow", "read_stream"]
 
 
 @dataclass
@@ -33,25 +39,43 @@ class StreamResult:
     pings: int = 0
     body: bytes = b""  # the body of a non-stream answer
     ended: bool = False  # a terminal event arrived
+    idle: bool = False  # given up after `idle_timeout_s` of silence
 
     @property
     def last_id(self) -> int | None:
         return self.ids[-1] if self.ids else None
 
 
-async def _chunks(reader: asyncio.StreamReader, chunked: bool) -> bytes:
-    """The next piece of body: one chunk's payload, or whatever arrived; b"" at the end."""
-    if not chunked:
-        return await reader.read(65536)
-    size_line = await reader.readline()
-    if not size_line:
-        return b""
-    size = int(size_line.split(b";")[0].strip() or b"0", 16)
-    if size == 0:
-        return b""
-    data = await reader.readexactly(size)
-    await reader.readexactly(2)
-    return data
+class _Body:
+    """The response body as bytes arrive, chunked encoding decoded by hand.
+
+    A chunk's payload is handed on piece by piece, as a real client's parser sees it:
+    a connection cut inside a big chunk still delivers the frames before the cut.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, chunked: bool) -> None:
+        self.reader = reader
+        self.chunked = chunked
+        self.left = 0  # bytes left of the current chunk
+
+    async def next(self) -> bytes:
+        """The next piece of body; b"" at its end (or when the connection closed)."""
+        if not self.chunked:
+            return await self.reader.read(65536)
+        if self.left == 0:
+            size_line = await self.reader.readline()
+            if not size_line:
+                return b""
+            self.left = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if self.left == 0:
+                return b""
+        data = await self.reader.read(min(self.left, 65536))
+        if not data:
+            return b""
+        self.left -= len(data)
+        if self.left == 0:
+            await self.reader.readexactly(2)
+        return data
 
 
 async def read_stream(
@@ -63,18 +87,65 @@ async def read_stream(
     headers: dict[str, str] | None = None,
     read_pause_s: float = 0.0,
     host: str = "127.0.0.1",
+    on_id: Callable[[int], None] | None = None,
+    idle_timeout_s: float | None = None,
 ) -> StreamResult:
     """GET ``path`` as an SSE client; read until the terminal event or the server closes.
 
     ``read_pause_s`` makes a slow reader (a pause before each read: the server's
-    writes back up into the socket buffers).
+    writes back up into the socket buffers). ``idle_timeout_s`` gives up on a
+    connection that carries nothing, not even a ping, for that long (like the SDK's
+    ``stale_after``) and returns what it received, with ``idle`` set.
     """
     out = StreamResult()
-    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    try:
+        async with asyncio.timeout(None) as idle:
+            await _read(
+                out, idle, idle_timeout_s, port, path, token, cursor, headers,
+                read_pause_s, host, on_id,
+            )  # fmt: skip
+    except TimeoutError:
+        out.idle = True
+    return out
+
+
+async def _read(
+    out: StreamResult,
+    idle: asyncio.Timeout,
+    idle_timeout_s: float | None,
+    port: int,
+    path: str,
+    token: str | None,
+    cursor: int | None,
+    headers: dict[str, str] | None,
+    read_pause_s: float,
+    host: str,
+    on_id: Callable[[int], None] | None,
+) -> None:
+    loop = asyncio.get_running_loop()
+
+    def alive() -> None:  # bytes arrived: the idle clock starts again
+        if idle_timeout_s is not None:
+            idle.reschedule(loop.time() + idle_timeout_s)
+
+    alive()
+    # A slow reader must also be slow at the socket: with a big StreamReader limit the
+    # transport would keep reading into memory and the server would never see it lag.
+    # The receive buffer is set before connecting, so the window the server sees is small
+    # from the handshake on.
     if read_pause_s:
-        sock = writer.get_extra_info("socket")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    else:
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
     try:
         lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
         if token:
@@ -95,27 +166,93 @@ async def read_stream(
         if out.status != 200:
             if "content-length" in response_headers:
                 out.body = await reader.readexactly(int(response_headers["content-length"]))
-            return out
+            return
         decoder = SSEDecoder()
+        body = _Body(reader, chunked)
         while not out.ended:
             if read_pause_s:
                 await asyncio.sleep(read_pause_s)  # the slowness under test, not a wait
             try:
-                data = await _chunks(reader, chunked)
+                data = await body.next()
             except (asyncio.IncompleteReadError, ConnectionError):
-                return out
+                return
             if not data:
-                return out
+                return
+            alive()
             for item in decoder.feed(data):
                 if isinstance(item, SSEComment):
                     out.pings += 1
                 elif isinstance(item, SSEFrame):
                     _take(out, item)
-        return out
+                    if on_id is not None and item.id is not None and item.event != "stream.gap":
+                        on_id(int(item.id))
+        return
     finally:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+@dataclass
+class FollowResult:
+    ids: list[int] = field(default_factory=list)  # every connection's, repeats included
+    types: list[str] = field(default_factory=list)
+    gaps: list[dict[str, int]] = field(default_factory=list)
+    errors: list[dict[str, object]] = field(default_factory=list)
+    connections: int = 0  # attempts, refused ones included
+    statuses: list[int] = field(default_factory=list)  # 0: the connection broke first
+    ended: bool = False
+
+
+async def follow(
+    port: int | Callable[[], int],
+    path: str,
+    *,
+    token: str | None = None,
+    cursor: int | None = None,
+    deadline_s: float = 60.0,
+    pause_s: float = 0.02,
+    on_id: Callable[[int], None] | None = None,
+) -> FollowResult:
+    """Read ``path`` until the terminal event, reconnecting whenever the connection ends.
+
+    Each reconnect sends ``Last-Event-ID`` = the last id received (or ``cursor``), as a
+    resuming client does. ``port`` may be a callable (the balancer's current choice).
+    ``on_id`` sees each id as it arrives (a test can inject a fault at the n-th).
+    Refused connections, broken heads and 503s are retried after ``pause_s`` (a
+    client's backoff, not a wait for a condition) until ``deadline_s``.
+    """
+    out = FollowResult()
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline_s
+    last = cursor
+    while not out.ended:
+        if loop.time() > give_up:
+            raise AssertionError(
+                f"follow {path}: no terminal event after {deadline_s}s and "
+                f"{out.connections} connections; ids {out.ids[-20:]}"
+            )
+        out.connections += 1
+        target = port() if callable(port) else port
+        try:
+            one = await read_stream(target, path, token=token, cursor=last, on_id=on_id)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            out.statuses.append(0)
+            await asyncio.sleep(pause_s)
+            continue
+        out.statuses.append(one.status)
+        if one.status not in (200, 503):
+            raise AssertionError(f"follow {path}: {one.status} {one.body!r}")
+        out.ids += one.ids
+        out.types += one.types
+        out.gaps += one.gaps
+        out.errors += one.errors
+        out.ended = one.ended
+        if one.ids:
+            last = one.ids[-1]
+        if not out.ended:
+            await asyncio.sleep(pause_s)
+    return out
 
 
 def _take(out: StreamResult, frame: SSEFrame) -> None:

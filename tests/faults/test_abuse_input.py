@@ -276,7 +276,7 @@ async def test_too_many_active_runs_per_owner_is_429_until_one_ends(make_stack: 
 
             # A place held by a run that is gone (a crash between its end and its removal)
             # is found and freed when the limit is reached.
-            await stack.runtime.log.drop_active("alice", [runs[1]])
-            assert await stack.runtime.log.admit_active("alice", "run_gone", 3)
+            await stack.runtime.store.drop_active("alice", [runs[1]])
+            assert await stack.runtime.store.admit_active("alice", "run_gone", 3)
             assert (await alice.post("/v1/runs", json=body)).status_code == 202
-            assert "run_gone" not in await stack.runtime.log.active_runs("alice", 10)
+            assert "run_gone" not in await stack.runtime.store.active_runs("alice", 10)

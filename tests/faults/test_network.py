@@ -8,17 +8,17 @@ random cut points by tests/sdk/test_e2e.py::test_random_cuts_lose_and_repeat_not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 
 import pytest
 
-from runrelay import RunRelay
-from tests.faults.conftest import ALICE, MakeStack
+from shared.runtime import Runtime
+from tests.faults.conftest import ALICE, MakeStack, Stack
 from tests.faults.invariants import delivered_once, log_of, run_ended_once
-from tests.faults.rawsse import StreamResult, read_stream
+from tests.faults.rawsse import StreamResult, follow, read_stream
 from tests.support.proxy import FaultProxy
 from tests.support.wait import wait_for
+from workers.worker import Worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,44 +32,60 @@ async def test_cuts_at_odd_byte_offsets_mid_frame_lose_and_repeat_nothing(
 ) -> None:
     async with make_stack(heartbeat_s=0.5, retry_ms=0) as stack:
         run_id = await stack.create("story", {"prompt": "cut", "paragraphs": 3, "delay_ms": 5})
+        await stack.ended(run_id)
+        log = await run_ended_once(stack.runtime, run_id)
         async with FaultProxy(stack.port) as proxy:
             for offset in ODD_OFFSETS:
                 proxy.cut_after_bytes(offset, times=4)
-                before = proxy.connections_total
-                received: list[int] = []
-                async with (
-                    RunRelay(
-                        f"http://127.0.0.1:{proxy.port}",
-                        ALICE,
-                        backoff_base_s=0.01,
-                        backoff_max_s=0.05,
-                        max_retries=50,
-                    ) as sdk,
-                    contextlib.aclosing(sdk.events.stream(run_id=run_id)) as events,
-                ):
-                    async for event in events:
-                        assert event.id is not None
-                        received.append(event.id)
-                assert proxy.connections_total - before >= 5, f"offset {offset}: no cut"
-                delivered_once(received, await run_ended_once(stack.runtime, run_id))
+                # The raw reader resumes from its last id after each cut and reports
+                # every id it got, so an event repeated on resume fails here.
+                result = await follow(
+                    proxy.port, f"/v1/runs/{run_id}/events", token=ALICE, pause_s=0.01
+                )
+                assert result.connections >= 5, f"offset {offset}: no cut"
+                delivered_once(result.ids, log)
 
 
-async def test_a_slow_reader_falls_behind_without_holding_up_the_run_or_others(
+async def overflows(stack: Stack) -> float:
+    """The API's count of subscribers that overflowed and fell back to the log."""
+    async with stack.client(token=None) as http:
+        text = (await http.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("runrelay_api_slow_client_fallbacks_total "):
+            return float(line.split()[1])
+    raise AssertionError("no runrelay_api_slow_client_fallbacks_total in /metrics")
+
+
+async def test_a_slow_reader_overflows_without_holding_up_the_run_or_others_and_misses_nothing(
     make_stack: MakeStack,
 ) -> None:
-    # The smallest hub buffer: the slow reader overflows and catches up from the log.
-    async with make_stack(subscriber_buffer=8, heartbeat_s=5) as stack:
+    # The smallest hub buffer, and far more bytes than the socket buffers hold (small
+    # ones, as on a real network): the slow reader's stream blocks on its socket, its
+    # hub buffer overflows, and it must catch up from the log.
+    async with make_stack(
+        worker=False, send_buffer=8192, subscriber_buffer=8, heartbeat_s=5
+    ) as stack:
+        before = await overflows(stack)
         run_id = await stack.create(
-            "story", {"prompt": "a long one", "paragraphs": 12, "delay_ms": 1}
+            "story", {"prompt": "a long one " * 500, "paragraphs": 30, "delay_ms": 1}
         )
         path = f"/v1/runs/{run_id}/events"
-        slow = asyncio.create_task(read_stream(stack.port, path, token=ALICE, read_pause_s=0.04))
+        slow = asyncio.create_task(read_stream(stack.port, path, token=ALICE, read_pause_s=0.01))
         fast = asyncio.create_task(read_stream(stack.port, path, token=ALICE))
-        await stack.ended(run_id)
+        # Both are live (subscribed to the hub) before the run produces anything: a
+        # reader that is behind from the start only ever replays the log, never overflows.
+        await wait_for(lambda: stack.hub.subscribers == 2, timeout=10)
+        worker = Worker(Runtime.build(stack.runtime.settings), owns_runtime=True)
+        await worker.start()
+        try:
+            await stack.ended(run_id)
+        finally:
+            await worker.stop(grace_s=0)
         fast_result = await asyncio.wait_for(fast, 20)
         # The run and the fast reader are done while the slow one is still reading.
         assert not slow.done()
         slow_result = await asyncio.wait_for(slow, 60)
+        assert await overflows(stack) > before, "the slow reader never overflowed"
         log = await run_ended_once(stack.runtime, run_id)
         delivered_once(fast_result.ids, log)
         delivered_once(slow_result.ids, log)

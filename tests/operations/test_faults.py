@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,15 +12,12 @@ from shared.runtime import Runtime
 from tests.operations.conftest import MakeSystem
 from tests.support.procs import Processes
 from tests.support.proxy import FaultProxy
+from tests.support.shipped import spawn_role
 from tests.support.wait import wait_for
-from tests.workers.support import REPO, types, wait_status
+from tests.workers.support import types, wait_status
 from tests.workers.test_broker_restart import own_node
-from workers.consumer import CompletionConsumer
 
 pytestmark = pytest.mark.slow
-
-CONSUMER = "from shared.settings import load_settings; from workers.consumer import run_consumer; "
-CONSUMER += "run_consumer(load_settings())"
 
 
 async def completions_queue(runtime: Runtime) -> tuple[int, int]:
@@ -47,23 +43,14 @@ async def test_a_consumer_killed_while_handling_a_completion_is_redelivered_and_
         op_id = await system.operation_of(run)
         redis_port = urlsplit(settings.redis_url).port or 6379
         async with FaultProxy(redis_port) as proxy:
-            proc = processes.spawn(
-                [sys.executable, "-c", CONSUMER],
-                {
-                    "RUNRELAY_REDIS_URL": via(settings.redis_url, proxy.port),
-                    "RUNRELAY_AMQP_URL": settings.amqp_url,
-                    "RUNRELAY_KEY_PREFIX": settings.key_prefix,
-                    "PYTHONPATH": str(REPO),
-                },
-                log_path=tmp_path / "consumer.log",
-                cwd=REPO,
+            proc = await spawn_role(
+                processes,
+                "consumer",
+                settings,
+                tmp_path / "consumer.log",
+                runtime=system.runtime,
+                RUNRELAY_REDIS_URL=via(settings.redis_url, proxy.port),
             )
-
-            async def consuming() -> bool:
-                assert proc.alive(), proc.output()
-                return (await completions_queue(system.runtime))[1] >= 1
-
-            await wait_for(consuming, timeout=20, message="consumer never started")
             # Its Redis now hangs: the consumer takes the message and is stuck handling it.
             proxy.stall()
             await system.complete(run, op_id)
@@ -75,14 +62,53 @@ async def test_a_consumer_killed_while_handling_a_completion_is_redelivered_and_
         assert "applied" not in proc.output()  # it died with the message in hand
 
         assert (await system.runtime.runs.get(run.run_id)).status.value == "waiting"
-        survivor = CompletionConsumer(system.runtime)
-        await survivor.start()
-        try:
-            await wait_status(system.runtime, run, "completed", timeout=20)
-        finally:
-            await survivor.stop()
+        await spawn_role(
+            processes, "consumer", settings, tmp_path / "survivor.log", runtime=system.runtime
+        )
+        await wait_status(system.runtime, run, "completed", timeout=20)
         kinds = await types(system.runtime, run)
         assert kinds.count("operation.completed") == 1 and kinds.count("tool.completed") == 1
+        assert kinds[-1] == "run.completed"
+
+
+async def test_two_consumers_racing_on_copies_of_one_completion_apply_it_once(
+    make_system: MakeSystem, processes: Processes, tmp_path: Path
+) -> None:
+    """A real race, not copies one after another: each of two `runrelay consumer`
+    processes takes one copy while its Redis is held by a stalled proxy, and both
+    proxies let go at once, so both consumers read the run `waiting` together and
+    both try to append. Only the compare-and-set (`operation.completed` only while the
+    run waits for that operation) keeps the second out."""
+    async with make_system(generator="accept", consumer=False) as system:
+        settings = system.runtime.settings
+        assert settings.redis_url is not None
+        run = await system.submit()
+        op_id = await system.operation_of(run)
+        redis_port = urlsplit(settings.redis_url).port or 6379
+        async with FaultProxy(redis_port) as first, FaultProxy(redis_port) as second:
+            for n, proxy in enumerate((first, second)):
+                await spawn_role(
+                    processes,
+                    "consumer",
+                    settings,
+                    tmp_path / f"consumer{n}.log",
+                    runtime=system.runtime,
+                    RUNRELAY_REDIS_URL=via(settings.redis_url, proxy.port),
+                )
+            first.stall()
+            second.stall()
+            await system.complete(run, op_id)
+            await system.complete(run, op_id)
+            # Both copies are out of the queue: one in each consumer's hands, stuck.
+            await wait_for(
+                lambda: _delivered(system.runtime), timeout=10, message="never delivered"
+            )
+            first.resume()
+            second.resume()
+            await wait_status(system.runtime, run, "completed", timeout=20)
+        kinds = await types(system.runtime, run)
+        assert kinds.count("operation.completed") == 1, kinds
+        assert kinds.count("tool.completed") == 1 and kinds.count("run.completed") == 1
         assert kinds[-1] == "run.completed"
 
 

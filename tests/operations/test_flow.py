@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import orjson
 
+from shared.errors import PublishFailed
 from tests.api.sse_client import Frame
 from tests.api.sse_client import events as sse_events
 from tests.operations.conftest import API_KEY, MakeSystem, handled, wait_handled
@@ -272,3 +273,24 @@ async def test_with_an_llm_configured_the_continuation_is_its_streamed_reply(
     assert text.startswith("echo: The generate_agent tool finished.")
     assert '"name":"weather-bot"' in text
     assert [e["type"] for e in log][-2:] == ["output.message.completed", "run.completed"]
+
+
+async def test_the_generator_publishes_again_while_the_broker_is_away() -> None:
+    published: list[bytes] = []
+    refusals = 3
+
+    async def publish(body: bytes) -> None:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise PublishFailed("cannot publish: not connected (a broker restart)")
+        published.append(body)
+
+    generator = create_generator_app(
+        delay_s=0, via="queue", publish=publish, webhook_url=None, api_key=None
+    )
+    async with serve_app(generator) as url, httpx.AsyncClient(base_url=url) as http:
+        body = {"instructions": INSTRUCTIONS, "operation_id": "op_1", "task_id": "run_1"}
+        assert (await http.post("/api/generate-agent", json=body)).status_code == 202
+        await wait_for(lambda: published, timeout=10, message="never published")
+    assert [orjson.loads(b)["operation_id"] for b in published] == ["op_1"]

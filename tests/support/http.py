@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
@@ -33,13 +34,18 @@ async def serve_app(
     *,
     startup_timeout: float = 10.0,
     shutdown_timeout: float = 10.0,
+    send_buffer: int | None = None,
     **config: Any,
 ) -> AsyncIterator[str]:
     """Serve ``app`` on a free port; yield ``http://127.0.0.1:<port>``; stop it on exit.
 
+    ``send_buffer`` fixes the kernel send buffer of every accepted connection (a slow
+    network: on loopback it would otherwise grow to megabytes and absorb any backlog).
     Extra keyword arguments go to ``uvicorn.Config`` (e.g. ``timeout_graceful_shutdown``).
     """
     sock = bound_socket()
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # inherited
     port = sock.getsockname()[1]
     options: dict[str, Any] = {
         "host": "127.0.0.1",

@@ -98,10 +98,18 @@ def _free_port() -> int:
         return port
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _amqp_answers(port: int) -> bool:
+    """The node speaks AMQP: it answers the protocol header with Connection.Start.
+
+    A listening port is not enough: a booting node accepts and then resets until its
+    boot steps are done (seen after a kill -9, while it recovers its queues).
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as sock:
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            return sock.recv(1) == b"\x01"  # a method frame
+    except OSError:
+        return False
 
 
 class RabbitNode:
@@ -147,7 +155,7 @@ class RabbitNode:
         return self._process is not None and self._process.poll() is None
 
     def start(self, timeout_s: float = 60.0) -> None:
-        """Start the node (same port, name and data as before) and wait until it accepts AMQP."""
+        """Start the node (same port, name and data as before) and wait until it speaks AMQP."""
         if self.running():
             return
         log = self.log_path.open("ab")
@@ -164,7 +172,7 @@ class RabbitNode:
         finally:
             log.close()
         deadline = time.monotonic() + timeout_s
-        while not _port_open(self.port):
+        while not _amqp_answers(self.port):
             if not self.running():
                 raise RuntimeError(f"rabbitmq-server exited early; see {self.log_path}")
             if time.monotonic() > deadline:

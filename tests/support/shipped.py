@@ -64,7 +64,7 @@ async def spawn_role(
 ) -> Proc:
     """`runrelay worker` or `runrelay consumer`, once it serves (`runtime` observes it)."""
     assert role in ("worker", "consumer"), role
-    known = {w["worker_id"] for w in await runtime.log.list_workers()}
+    known = {w["worker_id"] for w in await runtime.workers.live()}
     proc = processes.spawn(
         [RUNRELAY, role], role_env(settings, **extra), log_path=log_path, cwd=REPO
     )
@@ -73,7 +73,7 @@ async def spawn_role(
         if not proc.alive():
             raise AssertionError(f"runrelay {role} exited early:\n{proc.output()}")
         if role == "worker":
-            workers = await runtime.log.list_workers()
+            workers = await runtime.workers.live()
             return any(w["pid"] == proc.pid and w["worker_id"] not in known for w in workers)
         return "completion consumer started" in proc.output()
 

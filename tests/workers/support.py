@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from shared.models import RunRecord, RunRequestMessage
 from shared.runtime import Runtime
 from shared.settings import Settings
+from tests.support.devserver import RUNRELAY
 from tests.support.procs import Proc, Processes
 from tests.support.shipped import role_env
 from tests.support.wait import wait_for
@@ -75,12 +75,18 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str | None]:
 
 
 async def spawn_worker(
-    processes: Processes, runtime: Runtime, log_path: Path, **extra: str
+    processes: Processes,
+    runtime: Runtime,
+    log_path: Path,
+    *,
+    ready_s: float = 20.0,
+    **extra: str,
 ) -> Proc:
-    """Start ``python -m workers`` and wait until it heartbeats (it is consuming by then)."""
-    before = {w["worker_id"] for w in await runtime.log.list_workers()}
+    """Start `runrelay worker` (the shipped entry point, on uvloop) and wait until it
+    heartbeats (it is consuming by then)."""
+    before = {w["worker_id"] for w in await runtime.workers.live()}
     proc = processes.spawn(
-        [sys.executable, "-m", "workers"],
+        [RUNRELAY, "worker"],
         worker_env(runtime.settings, **extra),
         log_path=log_path,
         cwd=REPO,
@@ -89,15 +95,15 @@ async def spawn_worker(
     async def listed() -> bool:
         if not proc.alive():
             raise AssertionError(f"worker exited early:\n{proc.output()}")
-        workers = await runtime.log.list_workers()
+        workers = await runtime.workers.live()
         return any(w["pid"] == proc.pid and w["worker_id"] not in before for w in workers)
 
-    await wait_for(listed, timeout=20, message=f"worker pid {proc.pid} never heartbeat")
+    await wait_for(listed, timeout=ready_s, message=f"worker pid {proc.pid} never heartbeat")
     return proc
 
 
 async def worker_id_of(runtime: Runtime, proc: Proc) -> str:
-    for info in await runtime.log.list_workers():
+    for info in await runtime.workers.live():
         if info["pid"] == proc.pid:
             return str(info["worker_id"])
     raise AssertionError(f"no heartbeat from pid {proc.pid}")

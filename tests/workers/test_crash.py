@@ -124,7 +124,7 @@ async def test_sigterm_drains_and_hands_an_unfinished_run_to_another_worker(
         workers = [e["data"]["worker"] for e in log if e["type"] == "run.started"]
         assert workers == [first_id, await worker_id_of(runtime, second)]
         # A clean exit leaves no stale heartbeat behind.
-        assert first_id not in {w["worker_id"] for w in await runtime.log.list_workers()}
+        assert first_id not in {w["worker_id"] for w in await runtime.workers.live()}
 
 
 async def test_cancel_reaches_the_tool_in_a_worker_process(

@@ -199,13 +199,13 @@ async def test_embedded_backends_run_the_basic_flow(tmp_path: Path) -> None:
             await wait_for(lambda: trace.exists(), timeout=5)
             await runtime.runs.cancel(waiting)
             await wait_for(lambda: "cancelled True" in trace.read_text(), timeout=2)
-            assert [w["worker_id"] for w in await runtime.log.list_workers()] == [worker.worker_id]
+            assert [w["worker_id"] for w in await runtime.workers.live()] == [worker.worker_id]
         finally:
             await worker.stop(grace_s=0)
         # The runtime is the caller's: still usable after the worker stopped.
         await runtime.log.ping()
         await runtime.broker.ping()
-        assert await runtime.log.list_workers() == []
+        assert await runtime.workers.live() == []
 
 
 async def test_the_reaper_republishes_a_run_whose_publish_was_lost(

@@ -1,0 +1,201 @@
+"""Run records, the reaper's schedule and the worker registry on Redis; `redis_stores`.
+
+They share the event log's `RedisConnection` (its pools, keys and error translation).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from shared.eventlog import scripts
+from shared.eventlog.base import Stores, record_from
+from shared.eventlog.redis import RedisConnection, RedisEventLog, decoded, flat_pairs
+from shared.models import Operation, RunRecord
+
+
+class RedisRunStore:
+    """`RunStore` on Redis: each run's record is a hash in its session's slot."""
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self.conn = conn
+        self.keys = conn.keys
+        self._redis = conn.redis
+        self._call = conn.call
+        self._update = self._redis.register_script(scripts.UPDATE)
+        self._admit_active = self._redis.register_script(scripts.ADMIT_ACTIVE)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        session_id = await self.conn.session_of(run_id)
+        if session_id is None:
+            return None
+        raw = await self._call(self._redis.hgetall(self.keys.run(session_id, run_id)))
+        return record_from(decoded(raw)) if raw else None
+
+    async def update_run(
+        self, run_id: str, expect: Mapping[str, str], fields: Mapping[str, str]
+    ) -> tuple[bool, RunRecord | None]:
+        session_id = await self.conn.session_of(run_id)
+        if session_id is None:
+            return False, None
+        applied, flat = await self._call(
+            self._update(
+                keys=[self.keys.run(session_id, run_id)],
+                args=[len(expect), *flat_pairs(expect), len(fields), *flat_pairs(fields)],
+            )
+        )
+        if not flat:
+            return False, None
+        record = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+        return bool(applied), record_from(record)
+
+    # The owner's active runs ---------------------------------------------------------
+    async def admit_active(self, owner: str, run_id: str, limit: int) -> bool:
+        admitted = await self._call(
+            self._admit_active(
+                keys=[self.keys.owner_active(owner)], args=[run_id, limit, time.time()]
+            )
+        )
+        return bool(admitted)
+
+    async def drop_active(self, owner: str, run_ids: Sequence[str]) -> None:
+        if run_ids:
+            await self._call(self._redis.zrem(self.keys.owner_active(owner), *run_ids))
+
+    async def active_runs(self, owner: str, limit: int) -> list[str]:
+        key = self.keys.owner_active(owner)
+        members = await self._call(self._redis.zrange(key, 0, limit - 1))
+        return [member.decode() for member in members]
+
+    async def list_runs(
+        self, owner: str, session_id: str | None, limit: int, offset: int
+    ) -> list[RunRecord]:
+        if session_id is not None:
+            members = await self._call(
+                self._redis.zrevrange(
+                    self.keys.session_runs(session_id, owner), offset, offset + limit - 1
+                )
+            )
+            refs = [(session_id, m.decode()) for m in members]
+        else:
+            members = await self._call(
+                self._redis.zrevrange(self.keys.owner_runs(owner), offset, offset + limit - 1)
+            )
+            refs = [tuple(m.decode().split("/", 1)) for m in members]
+        if not refs:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for sid, rid in refs:
+                pipe.hgetall(self.keys.run(sid, rid))
+            raws = await self._call(pipe.execute())
+        records = [decoded(raw) for raw in raws if raw]
+        expired = [f"{sid}/{rid}" for (sid, rid), raw in zip(refs, raws, strict=True) if not raw]
+        if expired and session_id is None:
+            await self._call(self._redis.zrem(self.keys.owner_runs(owner), *expired))
+        return [record_from(r) for r in records if r.get("owner") == owner]
+
+    async def session_exists(self, owner: str, session_id: str) -> bool:
+        key = self.keys.session(session_id, owner)
+        return bool(await self._call(self._redis.exists(key)))
+
+    async def claim_idempotency(self, owner: str, key: str, run_id: str, ttl_s: int) -> str:
+        k = self.keys.idempotency(owner, key)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(k, run_id, nx=True, ex=ttl_s)
+            pipe.get(k)
+            _, bound = await self._call(pipe.execute())
+        return str(bound.decode())
+
+    # Operations -------------------------------------------------------------------
+    async def put_operation(self, op: Operation, ttl_s: int) -> bool:
+        created = await self._call(
+            self._redis.set(
+                self.keys.operation(op.operation_id), op.model_dump_json(), nx=True, ex=ttl_s
+            )
+        )
+        return bool(created)
+
+    async def get_operation(self, operation_id: str) -> Operation | None:
+        raw = await self._call(self._redis.get(self.keys.operation(operation_id)))
+        return Operation.model_validate_json(raw) if raw is not None else None
+
+
+class RedisScheduler:
+    """`Scheduler` on Redis: one sorted set of run ids by due time."""
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self.keys = conn.keys
+        self._redis = conn.redis
+        self._call = conn.call
+
+    async def schedule(self, run_id: str, due: float) -> None:
+        await self._call(self._redis.zadd(self.keys.deadlines(), {run_id: due}))
+
+    async def due(self, now: float, limit: int) -> list[str]:
+        raw = await self._call(
+            self._redis.zrangebyscore(self.keys.deadlines(), "-inf", now, start=0, num=limit)
+        )
+        return [r.decode() for r in raw]
+
+    async def unschedule(self, run_id: str) -> None:
+        await self._call(self._redis.zrem(self.keys.deadlines(), run_id))
+
+
+class RedisWorkerRegistry:
+    """`WorkerRegistry` on Redis: a sorted set of worker ids by expiry, a hash of their info."""
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self.keys = conn.keys
+        self._redis = conn.redis
+        self._call = conn.call
+
+    async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl_s: float) -> None:
+        now = time.time()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.workers(), {worker_id: now + ttl_s})
+            pipe.hset(
+                self.keys.workers_info(),
+                worker_id,
+                orjson.dumps({**info, "worker_id": worker_id, "last_seen": now}),
+            )
+            pipe.zremrangebyscore(self.keys.workers(), "-inf", now)
+            await self._call(pipe.execute())
+
+    async def remove(self, worker_id: str) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.workers(), worker_id)
+            pipe.hdel(self.keys.workers_info(), worker_id)
+            await self._call(pipe.execute())
+
+    async def live(self) -> list[dict[str, Any]]:
+        alive = await self._call(
+            self._redis.zrangebyscore(self.keys.workers(), time.time(), "+inf")
+        )
+        if not alive:
+            return []
+        infos = await self._call(self._redis.hmget(self.keys.workers_info(), alive))
+        return [orjson.loads(i) for i in infos if i is not None]
+
+
+def redis_stores(
+    url: str,
+    *,
+    prefix: str,
+    ttl_s: int,
+    max_events: int,
+    max_connections: int = 6,
+    client_name: str | None = None,
+) -> Stores:
+    """The four stores on one Redis, sharing one `RedisConnection`."""
+    conn = RedisConnection(
+        url, prefix=prefix, max_connections=max_connections, client_name=client_name
+    )
+    return Stores(
+        log=RedisEventLog(conn, ttl_s=ttl_s, max_events=max_events),
+        runs=RedisRunStore(conn),
+        scheduler=RedisScheduler(conn),
+        workers=RedisWorkerRegistry(conn),
+    )
