@@ -44,9 +44,6 @@ class EventBody:
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._gen
 
-    async def __anext__(self) -> bytes:
-        return await self._gen.__anext__()
-
     @property
     def ended(self) -> bool:
         """True once the stream ended by itself (terminal event, age, error, shutdown)."""
