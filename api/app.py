@@ -20,11 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import dashboard, dialects
 from api.auth import Authenticator
+from api.catalogue import ToolCatalogue
 from api.deps import ApiState
 from api.errors import Unauthorized
 from api.middleware import AccessLog, BodyLimit
 from api.responses import JSONResponse, error_response
-from api.routes import health, operations, runs, sessions, status
+from api.routes import dead, health, operations, runs, sessions, status, tools
 from api.streams import StreamSlots
 from api.tail import TailHub
 from shared.errors import BackendUnavailable, BadRequest, RunRelayError
@@ -95,6 +96,7 @@ def create_app(
         hub=hub,
         auth=Authenticator(settings, allow_open=allow_open),
         slots=StreamSlots(settings.max_streams_per_owner),
+        tools=ToolCatalogue(runtime.workers),
     )
 
     @asynccontextmanager
@@ -129,7 +131,8 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    for router in (runs.router, sessions.router, status.router, health.router, dashboard.router):
+    routers = [runs.router, sessions.router, status.router, tools.router, dead.router]
+    for router in (*routers, health.router, dashboard.router):
         app.include_router(router)
     app.include_router(operations.router)
     for router in dialects.ROUTERS:

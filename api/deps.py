@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.auth import Authenticator
+from api.catalogue import ToolCatalogue
+from api.errors import Forbidden
 from api.streams import StreamSlots
 from api.tail import TailHub
 from shared.runtime import Runtime
@@ -21,6 +23,7 @@ class ApiState:
     hub: TailHub
     auth: Authenticator
     slots: StreamSlots
+    tools: ToolCatalogue
 
 
 def _state(request: Request) -> ApiState:
@@ -39,5 +42,15 @@ async def caller(request: Request) -> str:
     return _state(request).auth.owner_of(request)
 
 
+async def operator(request: Request) -> str:
+    """The caller, if RUNRELAY_ADMIN_OWNERS lists them (anyone in open mode); 403 otherwise."""
+    state = _state(request)
+    owner = state.auth.owner_of(request)
+    if not state.auth.open and owner not in state.runtime.settings.admin_owners:
+        raise Forbidden(f"{owner!r} is not an operator: list it in RUNRELAY_ADMIN_OWNERS")
+    return owner
+
+
 State = Annotated[ApiState, Depends(api_state)]
 Owner = Annotated[str, Depends(caller)]
+Operator = Annotated[str, Depends(operator)]

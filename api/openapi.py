@@ -23,6 +23,7 @@ Responses = dict[int | str, dict[str, Any]]
 _WHY = {
     400: "Bad input (a body that does not parse, a malformed cursor...), naming the field",
     401: "No or bad credentials",
+    403: "An operator route, and the caller is not in RUNRELAY_ADMIN_OWNERS",
     404: "Unknown, or not the caller's (no existence leak)",
     409: "Conflicts with the current state",
     413: "Request body larger than RUNRELAY_MAX_BODY_BYTES",

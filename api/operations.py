@@ -18,20 +18,13 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from api.errors import Unauthorized
-from shared.errors import NotFound, RunRelayError
+from api.errors import Unauthorized, WebhookDisabled
+from shared.errors import NotFound
 from shared.models import OperationCompleteMessage, valid_id
 from shared.runtime import Runtime
 from shared.settings import Settings
 
 MAX_ERROR_CHARS = 10_000
-
-
-class WebhookDisabled(RunRelayError):
-    """503: no ``RUNRELAY_INTERNAL_API_KEY`` (or ``CHAT_INTERNAL_API_KEY``) is configured."""
-
-    code = "webhook_disabled"
-    status = 503
 
 
 class Completion(BaseModel):

@@ -98,7 +98,7 @@ class Suite:
         self.cfg = _setting(args.quick)
         self.mode = "--quick" if args.quick else "--full"
         self.write = not args.no_write
-        self.results: dict[str, Any] = {}
+        self.results: dict[Any, Any] = {}  # keyed by (scenario, kind, parameters...)
         self.where = (
             f"{machine()}; API server pinned to CPU 0, load client + producer pinned to CPU 1, "
             "Redis on 127.0.0.1 (unpinned), ~230-byte events; run "

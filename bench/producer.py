@@ -148,7 +148,8 @@ class Producer:
             )
         if self.publish:
             for run in runs:
-                [(eid, f)] = await self.redis.xrevrange(self.log_key(run), count=1)
+                last: Any = await self.redis.xrevrange(self.log_key(run), count=1)
+                [(eid, f)] = last
                 seq = int(eid.partition(b"-")[2])
                 msg = b'{"id":%d,"type":"%s","event":%s}' % (seq, f[b"t"], f[b"d"])
                 await self.redis.publish(PUBSUB + self.log_key(run), msg)

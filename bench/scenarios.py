@@ -93,7 +93,7 @@ async def fanout(ctx: Ctx, kind: str, n_runs: int, subs: int, events: int) -> di
 
 async def latency(
     ctx: Ctx, kind: str, rates: list[int], n_runs: int, subs: int, seconds: float
-) -> list[dict[str, float]]:
+) -> list[dict[str, Any]]:
     """Steady appends at each total rate; publish→receive latency at the clients."""
     prefix = _prefix()
     out = []

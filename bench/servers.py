@@ -88,7 +88,7 @@ def serve_runrelay(port: int, prefix: str, redis_url: str, heartbeat_s: float) -
             profiler.dump_stats(profile)
             await stop()
 
-        server.shutdown = shutdown  # type: ignore[method-assign,assignment]
+        server.shutdown = shutdown  # type: ignore[method-assign]
         profiler.enable()
     server.run()
 
@@ -111,7 +111,7 @@ class _Ceiling:
                 await asyncio.sleep(0.02)
                 continue
             streams = {k: f"0-{c}" for k, c in self.cursors.items()}
-            reply = await self.redis.xread(streams, count=500, block=50)  # type: ignore[arg-type]
+            reply: Any = await self.redis.xread(streams, count=500, block=50)  # type: ignore[arg-type]
             for raw_key, entries in reply or []:
                 key = raw_key.decode()
                 parts = []

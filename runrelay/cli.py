@@ -164,10 +164,12 @@ def run(
             print(created.run_id)
             _stderr().print(
                 f"[dim]run {created.run_id} {created.status}; "
-                f"follow it with: runrelay tail {created.run_id}[/dim]"
+                f"follow it with: runrelay tail {created.run_id}"
+                f"{escape(_resume_options(url, token))}[/dim]",
+                soft_wrap=True,
             )
             return EXIT_OK
-        return await _follow(client, created.run_id, None)
+        return await _follow(client, created.run_id, None, _resume_options(url, token))
 
     _client_command(url, token, action, STREAM_RETRIES if follow else ONESHOT_RETRIES)
 
@@ -187,7 +189,10 @@ def tail(
 
     Exit code: 0 completed, 1 failed, 3 cancelled, 4 API error, 130 interrupted.
     """
-    _client_command(url, token, lambda client: _follow(client, run_id, since), STREAM_RETRIES)
+    options = _resume_options(url, token)
+    _client_command(
+        url, token, lambda client: _follow(client, run_id, since, options), STREAM_RETRIES
+    )
 
 
 @app.command()
@@ -238,6 +243,129 @@ def cancel(
         return EXIT_OK
 
     _client_command(url, token, action, ONESHOT_RETRIES)
+
+
+@app.command()
+def tools(
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """List the tools runs may name, with their input fields (* = required).
+
+    Example: [cyan]runrelay tools[/cyan]
+    """
+
+    async def action(client: RunRelay) -> int:
+        body = await client.request("GET", "/v1/tools")
+        if as_json:
+            print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+            return EXIT_OK
+        table = Table("tool", "input", "description", title="Tools", title_justify="left")
+        for spec in body.get("tools", []):
+            table.add_row(
+                escape(spec["name"]),
+                escape(_input_fields(spec.get("input_schema") or {})),
+                escape(spec.get("description", "")),
+            )
+        Console(highlight=False).print(table)
+        return EXIT_OK
+
+    _client_command(url, token, action, ONESHOT_RETRIES)
+
+
+dead_app = typer.Typer(
+    help=(
+        "Dead letters in runrelay.dead (an operator token: RUNRELAY_ADMIN_OWNERS).\n\n"
+        "Example: [cyan]runrelay dead list[/cyan]"
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(dead_app, name="dead")
+
+
+@dead_app.command("list")
+def dead_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """List dead letters: id, queue, age, reason and the start of the body.
+
+    Example: [cyan]runrelay dead list[/cyan]
+    """
+
+    async def action(client: RunRelay) -> int:
+        body = await client.request("GET", "/v1/dead")
+        if as_json:
+            print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+            return EXIT_OK
+        table = Table(title="Dead letters")
+        table.add_column("id", no_wrap=True, min_width=16)  # the one column to copy whole
+        for name in ("queue", "age", "reason", "body"):
+            table.add_column(name)
+        for letter in body.get("dead_letters", []):
+            table.add_row(
+                letter["id"],
+                escape(letter["queue"]),
+                f"{letter['age_s']:.0f}s",
+                escape(letter["reason"]),
+                escape(letter["body_preview"][:60]),
+            )
+        Console(highlight=False).print(table)
+        return EXIT_OK
+
+    _client_command(url, token, action, ONESHOT_RETRIES)
+
+
+@dead_app.command("replay")
+def dead_replay(
+    letter_id: Annotated[str, typer.Argument(help="The dead letter's id (from dead list).")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Publish a dead letter back to the queue it came from.
+
+    Example: [cyan]runrelay dead replay 3f2a9c0d1b2e4f56[/cyan]
+    """
+
+    async def action(client: RunRelay) -> int:
+        letter = await client.request("POST", f"/v1/dead/{letter_id}/replay")
+        print(f"replayed {letter['id']} to {letter['queue']}")
+        return EXIT_OK
+
+    # Not retried: a replay that reached the broker must not be sent twice.
+    _client_command(url, token, action, 0)
+
+
+@dead_app.command("purge")
+def dead_purge(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Delete every dead letter.
+
+    Example: [cyan]runrelay dead purge --yes[/cyan]
+    """
+    if not yes:
+        typer.confirm("Delete every dead letter?", abort=True)
+
+    async def action(client: RunRelay) -> int:
+        body = await client.request("DELETE", "/v1/dead")
+        print(f"purged {body['purged']} dead letters")
+        return EXIT_OK
+
+    _client_command(url, token, action, ONESHOT_RETRIES)
+
+
+def _input_fields(schema: dict[str, Any]) -> str:
+    required = set(schema.get("required", []))
+    fields = []
+    for name, prop in schema.get("properties", {}).items():
+        kind = prop.get("type") or "|".join(p.get("type", "?") for p in prop.get("anyOf", []))
+        fields.append(f"{name}{'*' if name in required else ''}: {kind or 'any'}")
+    return ", ".join(fields)
 
 
 # --- following a run ---------------------------------------------------------------
@@ -343,7 +471,15 @@ class _Follower:
             self._line_open = False
 
 
-async def _follow(client: RunRelay, run_id: str, since: int | None) -> int:
+def _resume_options(url: str, token: str | None) -> str:
+    """What the printed `tail` command needs to reach the same API as this one did."""
+    options = f" --url {url}" if url != DEFAULT_URL else ""
+    if token is not None and token != os.environ.get("RUNRELAY_TOKEN"):
+        options += " --token $TOKEN"  # given on the command line: never echo a secret
+    return options
+
+
+async def _follow(client: RunRelay, run_id: str, since: int | None, options: str = "") -> int:
     err = _stderr()
     follower = _Follower(err)
     err.print(f"[dim]following run {escape(run_id)}[/dim]")
@@ -355,7 +491,11 @@ async def _follow(client: RunRelay, run_id: str, since: int | None) -> int:
         # Ctrl-C cancels this top-level task; ending it normally gives exit code 130.
         follower.close()
         cursor = f" --since {follower.last_id}" if follower.last_id is not None else ""
-        err.print(f"[yellow]stopped following; the run goes on: runrelay tail {run_id}{cursor}")
+        err.print(
+            "[yellow]stopped following; the run goes on: "
+            f"runrelay tail {run_id}{cursor}{escape(options)}",
+            soft_wrap=True,  # a command to copy: never broken across lines
+        )
         return EXIT_INTERRUPTED
     finally:
         follower.close()

@@ -25,8 +25,8 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-from runrelay.errors import APIConnectionError, StreamError, api_error
-from runrelay.events import AnyEvent, EventParseError, StreamGap, parse_event
+from runrelay.errors import APIConnectionError, EventParseError, StreamError, api_error
+from runrelay.events import AnyEvent, StreamGap, parse_event
 from runrelay.sse import SSEComment, SSEDecoder, SSEFrame, SSEItem, SSERetry
 
 DEFAULT_URL = "http://127.0.0.1:8000"

@@ -8,7 +8,8 @@
     │   ├── NotFoundError      404: unknown run, or not yours
     │   ├── ConflictError      409: the request clashes with the run's state
     │   └── ServerError        5xx: the service is unwell; retrying later may help
-    └── StreamError            an event stream broke and could not be resumed in max_retries
+    ├── StreamError            an event stream broke and could not be resumed in max_retries
+    └── EventParseError        a frame's data is not a JSON object (also a ValueError)
 
 Catch ``RunRelayClientError`` to handle everything the SDK raises.
 """
@@ -110,3 +111,7 @@ def _status_code_name(status: int) -> str:
         429: "rate_limited",
         503: "unavailable",
     }.get(status, f"http_{status}")
+
+
+class EventParseError(RunRelayClientError, ValueError):
+    """An SSE frame's data is not a JSON object (or its id is not an integer)."""

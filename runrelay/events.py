@@ -21,6 +21,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from runrelay.errors import EventParseError
+
 TERMINAL_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
 
 
@@ -258,10 +260,6 @@ EVENT_MODELS: dict[str, type[AnyEvent]] = {
         StreamGap,
     )
 }
-
-
-class EventParseError(ValueError):
-    """The frame's data is not a JSON object."""
 
 
 def parse_event(type: str, payload: bytes | str, *, stream_id: int | None = None) -> AnyEvent:

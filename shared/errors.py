@@ -7,7 +7,9 @@ RunRelayError
 ├── Conflict               client: the request clashes with the run's state (409)
 │   └── AppendRefused      producer: the run already ended, or a transition is illegal
 ├── BadRequest             client: invalid input, naming the field (400/422)
-│   └── BadCursor          client: unknown, malformed or negative cursor (400)
+│   ├── BadCursor          client: unknown, malformed or negative cursor (400)
+│   └── InvalidInput       client: a run's input fails its tool's schema (422)
+│       └── UnknownTool    client: no worker serves the tool (422)
 ├── PublishFailed          API: the broker did not confirm a publish (503)
 └── TooManyRuns            client: RUNRELAY_MAX_ACTIVE_RUNS_PER_OWNER runs not ended (429)
 
@@ -63,6 +65,17 @@ class BadRequest(RunRelayError):
 
 class BadCursor(BadRequest):
     code = "bad_cursor"
+
+
+class InvalidInput(BadRequest):
+    """A run's tool or input that the tool catalogue refuses (422 naming the field)."""
+
+    code = "invalid_request"
+    status = 422
+
+
+class UnknownTool(InvalidInput):
+    code = "unknown_tool"
 
 
 class PublishFailed(RunRelayError):

@@ -4,9 +4,12 @@ All of one session's keys share the hash tag ``{s:<session_id>}``: a run's recor
 its log, and its session's log are written by one script, so on Redis Cluster
 they must sit in one slot. Everything else is addressed by its own single key.
 
-A session belongs to its owner: the session's own keys carry a digest of the owner,
-so two owners who pick the same session id get two sessions, and nobody can learn
-that an id is in use by someone else.
+A session belongs to its owner: the session's own keys carry a digest of the owner
+(owners are arbitrary strings, a JWT `sub`, and the digest keeps the session keys
+short and safe inside a hash tag), so two owners who pick the same session id get
+two sessions, and nobody can learn that an id is in use by someone else. The
+per-owner indexes (`owner_runs`, `owner_active`, `idempotency`) hold the raw owner:
+they are single keys outside any hash tag, and Redis keys are binary-safe.
 """
 
 from __future__ import annotations
@@ -76,3 +79,6 @@ class Keys:
 
     def workers_info(self) -> str:
         return f"{self.prefix}workers:info"
+
+    def tools(self) -> str:
+        return f"{self.prefix}tools"

@@ -63,8 +63,12 @@ class Runs:
         input: Mapping[str, Any],
         session_id: str | None = None,
         idempotency_key: str | None = None,
+        retry_of: str | None = None,
     ) -> tuple[RunRecord, bool]:
-        """Record a queued run with its `run.queued` event; (record, created?)."""
+        """Record a queued run with its `run.queued` event; (record, created?).
+
+        `retry_of`: the run this one retries (same tool, input and session), kept on it.
+        """
         if session_id is not None and not valid_id(session_id):
             raise BadRequest("session_id must be 1-128 of A-Z a-z 0-9 . _ : -", "session_id")
         if idempotency_key is not None and not valid_id(idempotency_key):
@@ -103,6 +107,8 @@ class Runs:
             "created_at": now,
             "updated_at": now,
         }
+        if retry_of is not None:
+            fields["retry_of"] = retry_of
         body = encode_body(
             run_id, session_id, "run.queued", {"tool": tool, "input": input, "attempt": 1}, now
         )

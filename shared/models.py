@@ -122,6 +122,7 @@ class PublicRun(BaseModel):
     error: str | None = None
     worker: str | None = None
     cancel_requested: bool = False
+    retry_of: str | None = Field(default=None, description="the run this one retries")
 
 
 _PRIVATE = frozenset({"owner", "lease_until", "operation_id", "operation_result"})

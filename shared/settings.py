@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -78,6 +77,8 @@ class Settings(BaseSettings):
     api_tokens: SecretStr | None = None
     jwt_secret: SecretStr | None = None
     allow_anonymous: bool = False
+    # Owners who may use the operator routes (dead letters, status); all in open mode.
+    admin_owners: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # The webhook's X-API-Key; CHAT_INTERNAL_API_KEY is the name existing services use.
     internal_api_key: SecretStr | None = Field(
@@ -113,7 +114,7 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = None
     llm_model: str = "gpt-4o-mini"
 
-    @field_validator("tools", mode="before")
+    @field_validator("tools", "admin_owners", mode="before")
     @classmethod
     def _split_tools(cls, value: object) -> object:
         if isinstance(value, str):
@@ -165,8 +166,3 @@ def load_settings(**overrides: object) -> Settings:
         )
         raise ConfigError(f"invalid settings: {problems}") from None
     return settings
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()

@@ -22,7 +22,7 @@ from uuid import uuid4
 import pytest
 import redis
 
-from shared.settings import Settings, get_settings, load_settings
+from shared.settings import Settings, load_settings
 from tests.support.procs import Processes, running_processes
 from tests.support.rabbit_node import temp_vhost
 from tests.support.redis_keys import delete_prefix
@@ -39,9 +39,7 @@ def _clean_environment() -> Iterator[None]:
         for name in list(os.environ):
             if name.startswith("RUNRELAY_") and not name.startswith(_KEEP):
                 mp.delenv(name)
-        get_settings.cache_clear()
         yield
-    get_settings.cache_clear()
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:

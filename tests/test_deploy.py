@@ -77,6 +77,9 @@ MEANINGS: dict[str, str] = {
     "jwt_secret": "HS256 secret for JWT bearer tokens; `sub` is the owner (secret).",
     "allow_anonymous": "Let `runrelay api` run with no auth configured (every caller is "
     "`anonymous`). `runrelay dev` is open by default.",
+    "admin_owners": "Owners (comma-separated) who may use the operator routes: "
+    "`/v1/dead`, `/v1/status`, `runrelay dead`, `runrelay status` (403 for others). "
+    "Everyone in open mode.",
     "max_body_bytes": "Largest request body accepted (413 beyond).",
     "internal_api_key": "`X-API-Key` the operations webhook requires (503 when unset); "
     "`CHAT_INTERNAL_API_KEY` is accepted too (secret).",
@@ -269,11 +272,11 @@ def test_compose_file_validates() -> None:
 
 
 def test_procfile_commands_exist() -> None:
-    entries = {}
+    entries: dict[str, list[str]] = {}
     for line in (REPO / "Procfile").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            kind, _, command = line.partition(":")
-            entries[kind.strip()] = shlex.split(command)
+            kind, _, text = line.partition(":")
+            entries[kind.strip()] = shlex.split(text)
     assert set(entries) == {"web", "worker", "consumer"}
     for command in entries.values():
         _command(command)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,49 @@ async def test_dev_serves_a_story_to_the_cli_and_stops_on_sigterm(
     dev.proc.terminate()
     assert await dev.proc.wait_async(30) == 0, dev.proc.output()
     assert "runrelay dev stopped" in dev.proc.output()
+
+
+async def test_dev_lists_its_tools_and_refuses_unknown_ones_at_the_door(
+    processes: Processes, tmp_path: Path
+) -> None:
+    env: dict[str, str | None] = {"RUNRELAY_REDIS_URL": None, "RUNRELAY_AMQP_URL": None}
+    dev = await start_dev(processes, tmp_path, env)
+
+    code, out, err = await run_cli("tools", "--url", dev.url)
+    assert code == 0, err
+    assert "story" in out and "prompt*: string" in out and "countdown" in out
+
+    code, out, err = await run_cli("run", "stroy", "--url", dev.url)
+    assert code == 4 and "unknown tool 'stroy'; known tools: countdown" in err, err
+    code, out, err = await run_cli("run", "story", "--input", '{"prompt": 5}', "--url", dev.url)
+    assert code == 4 and "input.prompt: 5 is not of type 'string'" in err, err
+    async with httpx.AsyncClient(base_url=dev.url, timeout=10.0) as http:
+        assert (await http.get("/v1/runs")).json()["runs"] == []
+    dev.proc.terminate()
+    assert await dev.proc.wait_async(30) == 0, dev.proc.output()
+
+
+async def test_ctrl_c_prints_a_tail_command_that_reaches_the_same_api(
+    processes: Processes, tmp_path: Path
+) -> None:
+    env: dict[str, str | None] = {"RUNRELAY_REDIS_URL": None, "RUNRELAY_AMQP_URL": None}
+    dev = await start_dev(processes, tmp_path, env)
+    slow = '{"prompt": "a slow one", "paragraphs": 3, "delay_ms": 200}'
+    cli = await asyncio.create_subprocess_exec(
+        RUNRELAY, "run", "story", "--input", slow, "--follow", "--url", dev.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert cli.stdout is not None
+    assert await asyncio.wait_for(cli.stdout.read(4), 30)  # text is flowing
+    cli.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(cli.communicate(), 30)
+
+    assert cli.returncode == 130, err
+    run_id = (await only_run(dev.url))["run_id"]
+    assert f"runrelay tail {run_id} --since " in err.decode()
+    assert f" --url {dev.url}" in err.decode()
+    dev.proc.terminate()
+    assert await dev.proc.wait_async(30) == 0, dev.proc.output()
 
 
 def test_dev_points_generate_agent_at_its_own_generator_unless_told_otherwise(

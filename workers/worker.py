@@ -24,6 +24,7 @@ import signal
 import socket
 import time
 import uuid
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -35,7 +36,7 @@ from shared.settings import Settings
 from workers import metrics
 from workers.execution import Execution
 from workers.reaper import Reaper
-from workers.tools import load_tool_modules, tool_names
+from workers.tools import load_tool_modules, tool_names, tool_specs
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,13 @@ class Worker:
         self._reaper = Reaper(runtime) if reaper else None
         self._started_at = utcnow()
         self._stopped = False
+        self._tool_specs: list[dict[str, Any]] = []
 
     # Lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Load the tools, start consuming, heartbeating and reaping."""
         load_tool_modules(self.settings.tools)
+        self._tool_specs = tool_specs()
         if self.owns_runtime:
             await self.runtime.start()
         self._consumer = await self.runtime.broker.consume_runs(
@@ -233,6 +236,9 @@ class Worker:
             "started_at": self._started_at,
             "tools": tool_names(),
         }
+        # With every heartbeat, so the API's memory of them never lapses while we run; and
+        # first, so a worker that is listed has its tools known.
+        await self.runtime.workers.advertise_tools(self._tool_specs, time.time())
         await self.runtime.workers.heartbeat(self.worker_id, info, HEARTBEAT_TTL_S)
 
 

@@ -31,7 +31,7 @@ async def start_run(
     state: ApiState, owner: str, tool: str, input: Mapping[str, Any], session_id: str | None
 ) -> RunRecord:
     """Create and queue a run exactly as ``POST /v1/runs`` does (same checks, same metrics)."""
-    run, _ = await submit_run(state.runtime, owner, tool, input, session_id=session_id)
+    run, _ = await submit_run(state, owner, tool, input, session_id=session_id)
     return run
 
 

@@ -16,6 +16,7 @@ from api.openapi import CURSOR, SSE, STREAM_ENDED, errors
 from api.responses import JSONResponse
 from api.streams import EventStreamResponse, event_stream
 from api.submit import submit_run
+from shared.errors import Conflict
 from shared.models import PublicRun, RunRecord, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -90,14 +91,19 @@ async def create_run(
 ) -> Response:
     """Record the run and publish its request; answer once the broker confirmed it."""
     run, _ = await submit_run(
-        state.runtime,
+        state,
         owner,
         body.tool,
         body.input,
         session_id=body.session_id,
         idempotency_key=idempotency_key,
     )
-    if body.stream:
+    return _created(state, owner, run, stream=body.stream)
+
+
+def _created(state: ApiState, owner: str, run: RunRecord, *, stream: bool = False) -> Response:
+    """The answer to a started run: its stream from event 1, or the 202 saying where it is."""
+    if stream:
         return _run_stream(state, owner, run, 0)
     return JSONResponse(
         {
@@ -135,6 +141,22 @@ async def cancel_run(run_id: str, state: State, owner: Owner) -> dict[str, Any]:
     runs = state.runtime.runs
     run = await runs.cancel(await runs.get(run_id, owner))
     return run.public()
+
+
+@router.post(
+    "/{run_id}/retry",
+    status_code=202,
+    responses={202: {"model": RunCreated}, **errors(401, 404, 409, 422, 429, 503)},
+)
+async def retry_run(run_id: str, state: State, owner: Owner) -> Response:
+    """A new run with the ended run's tool, input and session; it records ``retry_of``."""
+    old = await state.runtime.runs.get(run_id, owner)
+    if not old.terminal:
+        raise Conflict(f"run {run_id} is {old.status.value}; only an ended run can be retried")
+    run, _ = await submit_run(
+        state, owner, old.tool, old.input, session_id=old.session_id, retry_of=old.run_id
+    )
+    return _created(state, owner, run)
 
 
 @router.get(

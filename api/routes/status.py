@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from api.deps import Owner, State
+from api.deps import Operator, State
 from api.openapi import errors
 
 router = APIRouter(prefix="/v1", tags=["status"])
@@ -28,8 +28,8 @@ class Status(BaseModel):
     runs_by_status: dict[str, int]
 
 
-@router.get("/status", response_model=Status, responses=errors(401, 503))
-async def status(state: State, owner: Owner) -> dict[str, Any]:
+@router.get("/status", response_model=Status, responses=errors(401, 403, 503))
+async def status(state: State, owner: Operator) -> dict[str, Any]:
     runtime = state.runtime
     queues = await runtime.broker.stats()
     workers = await runtime.workers.live()

@@ -23,7 +23,7 @@ def make_app(redis_url: str, prefix: str) -> Any:
         cursor = "0-0"
         try:
             while True:
-                reply = await r.xread({key: cursor}, count=500, block=30_000)
+                reply: Any = await r.xread({key: cursor}, count=500, block=30_000)
                 for _, entries in reply or []:
                     parts = []
                     end = False

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -171,11 +172,19 @@ class QueueStats:
     consumers: int
 
 
+def new_dead_letter_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     body: bytes
     reason: str
     source: str  # the queue it came from
+    # What an operator replays it by, and when it died (unix time, 0 when unknown); not
+    # part of equality: two letters are the same message when body, reason and source are.
+    id: str = field(default_factory=new_dead_letter_id, compare=False)
+    dead_at: float = field(default_factory=time.time, compare=False)
 
 
 class Consumer(Protocol):
@@ -207,3 +216,15 @@ class Broker(Protocol):
 
     async def take_dead_letters(self, limit: int) -> list[DeadLetter]:
         """Remove and return up to `limit` dead letters (operators and tests inspect them)."""
+
+    async def list_dead_letters(self, limit: int) -> list[DeadLetter]:
+        """Up to `limit` dead letters, oldest first, left where they are."""
+
+    async def replay_dead_letter(self, letter_id: str) -> DeadLetter:
+        """Publish dead letter `letter_id` back to its source queue and remove it.
+
+        Raises `NotFound` when no dead letter has that id (already replayed or purged).
+        """
+
+    async def purge_dead_letters(self) -> int:
+        """Remove every dead letter; how many there were."""

@@ -26,7 +26,7 @@ from shared.broker.base import (
     Retry,
     settle_outcome,
 )
-from shared.errors import BackendUnavailable, PublishFailed
+from shared.errors import BackendUnavailable, NotFound, PublishFailed
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,28 @@ class MemoryBroker:
     async def take_dead_letters(self, limit: int) -> list[DeadLetter]:
         await self.ping()
         return [self._dead.popleft() for _ in range(min(limit, len(self._dead)))]
+
+    async def list_dead_letters(self, limit: int) -> list[DeadLetter]:
+        await self.ping()
+        return list(self._dead)[:limit]
+
+    async def replay_dead_letter(self, letter_id: str) -> DeadLetter:
+        await self.ping()
+        letter = next((d for d in self._dead if d.id == letter_id), None)
+        queue = {q.name: q for q in (self._runs, self._completions)}.get(
+            letter.source if letter else ""
+        )
+        if letter is None or queue is None:
+            raise NotFound(f"dead letter {letter_id} not found")
+        self._put(queue, _Message(letter.body))
+        self._dead.remove(letter)
+        return letter
+
+    async def purge_dead_letters(self) -> int:
+        await self.ping()
+        count = len(self._dead)
+        self._dead.clear()
+        return count
 
 
 class _MemoryConsumer:

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,9 +55,10 @@ from shared.broker.base import (
     Reject,
     Requeue,
     Retry,
+    new_dead_letter_id,
     settle_outcome,
 )
-from shared.errors import BackendUnavailable, PublishFailed
+from shared.errors import BackendUnavailable, NotFound, PublishFailed
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,11 @@ DELIVERIES_HEADER = "x-runrelay-deliveries"
 REQUEUES_HEADER = "x-runrelay-requeues"
 REASON_HEADER = "x-runrelay-reason"
 SOURCE_HEADER = "x-runrelay-source"
+DEAD_ID_HEADER = "x-runrelay-dead-id"
+DEAD_AT_HEADER = "x-runrelay-dead-at"
+_DEAD_HEADERS = frozenset({REASON_HEADER, SOURCE_HEADER, DEAD_ID_HEADER, DEAD_AT_HEADER})
+# How many dead letters a replay looks through for the id it was given.
+_REPLAY_SCAN = 10_000
 # Headers the broker adds on its own; a re-published message must start afresh.
 _BROKER_HEADERS = frozenset(
     {
@@ -379,7 +388,14 @@ class RabbitBroker:
     async def _dead_letter(
         self, route: _Route, body: bytes, headers: dict[str, Any], reason: str
     ) -> None:
-        headers = {**headers, REASON_HEADER: reason, SOURCE_HEADER: route.queue}
+        headers = {
+            **headers,
+            REASON_HEADER: reason,
+            SOURCE_HEADER: route.queue,
+            DEAD_ID_HEADER: new_dead_letter_id(),
+            # Milliseconds as an integer: an AMQP float header is 32-bit (±2 minutes).
+            DEAD_AT_HEADER: int(time.time() * 1000),
+        }
         await self._publish(self.names.dead_exchange, route.queue, body, headers)
 
     def _admin_channel(self) -> AbstractRobustChannel:
@@ -407,14 +423,103 @@ class RabbitBroker:
             message = await queue.get(no_ack=False, fail=False, timeout=5)
             if message is None:
                 break
-            headers = message.headers
-            # Messages the broker dead-lettered itself (quorum delivery limit)
-            # carry x-first-death-* instead of our headers.
-            reason = headers.get(REASON_HEADER, headers.get("x-first-death-reason", "unknown"))
-            source = headers.get(SOURCE_HEADER, headers.get("x-first-death-queue", "unknown"))
-            letters.append(DeadLetter(message.body, _text(reason), _text(source)))
+            letters.append(_dead_letter(message))
             await message.ack()
         return letters
+
+    async def _hold_dead_letters(self, limit: int) -> list[AbstractIncomingMessage]:
+        """Take up to `limit` dead letters unacked: invisible to others until settled.
+
+        RabbitMQ has no "peek"; a message given back with ``nack(requeue=True)`` returns
+        to its place in the (classic) dead-letter queue, so holding then giving back is
+        a non-destructive read. If this process dies meanwhile, the broker gives them
+        back itself when the channel closes.
+        """
+        self._admin_channel()
+        queue = self._dead_queue
+        assert queue is not None
+        held: list[AbstractIncomingMessage] = []
+        try:
+            while len(held) < limit:
+                message = await queue.get(no_ack=False, fail=False, timeout=5)
+                if message is None:
+                    break
+                held.append(message)
+        except Exception as exc:
+            await _give_back(held)
+            raise BackendUnavailable(
+                f"RabbitMQ at {self._where}: reading dead letters: {exc}"
+            ) from exc
+        return held
+
+    async def list_dead_letters(self, limit: int) -> list[DeadLetter]:
+        held = await self._hold_dead_letters(limit)
+        await _give_back(held)
+        return [_dead_letter(m) for m in held]
+
+    async def replay_dead_letter(self, letter_id: str) -> DeadLetter:
+        held = await self._hold_dead_letters(_REPLAY_SCAN)
+        try:
+            for index, message in enumerate(held):
+                letter = _dead_letter(message)
+                if letter.id != letter_id:
+                    continue
+                headers = {
+                    k: v
+                    for k, v in message.headers.items()
+                    if k not in _BROKER_HEADERS
+                    and k not in _DEAD_HEADERS
+                    and k != DELIVERIES_HEADER
+                }
+                # Through the default exchange, straight to the queue it died in: that
+                # works for every source, including ones the broker dead-lettered itself.
+                await self._publish("", letter.source, message.body, headers)
+                await message.ack()
+                del held[index]
+                return letter
+        finally:
+            await _give_back(held)
+        raise NotFound(f"dead letter {letter_id} not found")
+
+    async def purge_dead_letters(self) -> int:
+        self._admin_channel()
+        queue = self._dead_queue
+        assert queue is not None
+        try:
+            purged = await queue.purge(timeout=5)
+        except Exception as exc:
+            raise BackendUnavailable(f"RabbitMQ at {self._where}: purge failed: {exc}") from exc
+        return int(getattr(purged, "message_count", 0) or 0)
+
+
+async def _give_back(messages: list[AbstractIncomingMessage]) -> None:
+    for message in messages:
+        with contextlib.suppress(Exception):
+            await message.nack(requeue=True)
+
+
+def _dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
+    headers = message.headers
+    # Messages the broker dead-lettered itself (quorum delivery limit) carry
+    # x-first-death-* instead of our headers, and no id: theirs is derived from them.
+    reason = _text(headers.get(REASON_HEADER, headers.get("x-first-death-reason", "unknown")))
+    source = _text(headers.get(SOURCE_HEADER, headers.get("x-first-death-queue", "unknown")))
+    dead_at_ms = headers.get(DEAD_AT_HEADER)
+    dead_at = dead_at_ms / 1000 if isinstance(dead_at_ms, int) else _first_death_time(headers)
+    letter_id = headers.get(DEAD_ID_HEADER)
+    if letter_id is None:
+        seed = message.body + f"|{reason}|{source}|{dead_at}".encode()
+        letter_id = hashlib.sha256(seed).hexdigest()[:16]
+    return DeadLetter(message.body, reason, source, _text(letter_id), float(dead_at))
+
+
+def _first_death_time(headers: Mapping[str, Any]) -> float:
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[-1], Mapping):
+        when = deaths[-1].get("time")
+        if isinstance(when, datetime):
+            return when.timestamp()
+    return 0.0
 
 
 def _text(value: object) -> str:

@@ -156,6 +156,16 @@ class WorkerRegistry(Protocol):
 
     async def remove(self, worker_id: str) -> None: ...
 
+    async def advertise_tools(self, tools: Sequence[Mapping[str, Any]], now: float) -> None:
+        """Record that a worker serves `tools` (dicts with a ``name``) as of `now`.
+
+        Kept by name, the latest advertisement winning, and not removed when the worker
+        leaves: the API remembers a tool for a while so a worker restart is not an outage.
+        """
+
+    async def list_tools(self, since: float) -> list[dict[str, Any]]:
+        """The tools advertised at or after `since`, each with its ``last_seen``, by name."""
+
     async def live(self) -> list[dict[str, Any]]:
         """The info of every worker whose last heartbeat has not run out."""
 
@@ -197,4 +207,5 @@ def record_from(fields: Mapping[str, str]) -> RunRecord:
         lease_until=float(lease) if lease else None,
         operation_id=opt("operation_id"),
         operation_result=orjson.loads(result) if result else None,
+        retry_of=opt("retry_of"),
     )

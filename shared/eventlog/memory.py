@@ -53,6 +53,7 @@ class MemoryState:
         self.ops: dict[str, tuple[Operation, float]] = {}
         self.deadlines: dict[str, float] = {}
         self.workers: dict[str, tuple[dict[str, Any], float]] = {}
+        self.tools: dict[str, dict[str, Any]] = {}
         self.changed = asyncio.Condition()
 
     def expired(self, at: float | None) -> bool:
@@ -319,6 +320,13 @@ class MemoryWorkerRegistry:
 
     async def live(self) -> list[dict[str, Any]]:
         return [info for info, until in self._s.workers.values() if not self._s.expired(until)]
+
+    async def advertise_tools(self, tools: Sequence[Mapping[str, Any]], now: float) -> None:
+        for spec in tools:
+            self._s.tools[str(spec["name"])] = {**spec, "last_seen": now}
+
+    async def list_tools(self, since: float) -> list[dict[str, Any]]:
+        return [t for _, t in sorted(self._s.tools.items()) if t["last_seen"] >= since]
 
 
 def memory_stores(

@@ -179,6 +179,18 @@ class RedisWorkerRegistry:
         infos = await self._call(self._redis.hmget(self.keys.workers_info(), alive))
         return [orjson.loads(i) for i in infos if i is not None]
 
+    async def advertise_tools(self, tools: Sequence[Mapping[str, Any]], now: float) -> None:
+        if tools:
+            items: list[str | bytes] = []
+            for spec in tools:
+                items += [str(spec["name"]), orjson.dumps({**spec, "last_seen": now})]
+            await self._call(self._redis.hset(self.keys.tools(), items=items))
+
+    async def list_tools(self, since: float) -> list[dict[str, Any]]:
+        raw = await self._call(self._redis.hgetall(self.keys.tools()))
+        tools = (orjson.loads(value) for _, value in sorted(raw.items()))
+        return [t for t in tools if t["last_seen"] >= since]
+
 
 def redis_stores(
     url: str,

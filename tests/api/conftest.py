@@ -30,6 +30,7 @@ from shared.models import RunRecord, RunStatus
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.support.http import serve_app
+from workers.tools import load_tool_modules, tool_specs
 
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
 TOKENS_SETTING = ",".join(f"{token}:{owner}" for owner, token in TOKENS.items())
@@ -132,12 +133,18 @@ def make_api(make_settings: Callable[..., Settings], backend: str) -> MakeApi:
     @contextlib.asynccontextmanager
     async def make(**overrides: Any) -> AsyncIterator[Api]:
         allow_open = overrides.pop("allow_open", False)
+        advertise = overrides.pop("advertise_tools", True)
         overrides.setdefault("api_tokens", TOKENS_SETTING)
         settings = make_settings(**overrides)
         client_name = f"rrapi-{uuid.uuid4().hex[:8]}" if backend == "real" else None
         runtime = build_runtime(settings, backend, client_name)
         app = create_app(runtime, allow_open=allow_open)
         async with serve_app(app, timeout_graceful_shutdown=2) as url:
+            # No worker runs here: advertise the built-in tools as one would, so runs of
+            # them pass the API's check at create.
+            if advertise:
+                load_tool_modules()
+                await runtime.workers.advertise_tools(tool_specs(), time.time())
             yield Api(url, app, runtime, backend, client_name)
 
     return make

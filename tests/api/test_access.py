@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import jwt
@@ -41,7 +42,9 @@ async def test_another_owners_run_is_404_on_every_route(make_api: MakeApi) -> No
         mine = (await alice.get(f"/v1/runs/{rid}")).json()["error"]["message"]
         assert mine == unknown["error"]["message"].replace("run_doesnotexist", rid)
         # Using someone else's session id gives alice a session of her own, not theirs.
-        joined = await alice.post("/v1/runs", json={"tool": "story", "session_id": sid})
+        joined = await alice.post(
+            "/v1/runs", json={"tool": "story", "input": {"prompt": "hi"}, "session_id": sid}
+        )
         assert joined.status_code == 202
         listed = await alice.get("/v1/runs", params={"session_id": sid})
         assert [r["run_id"] for r in listed.json()["runs"]] == [joined.json()["run_id"]]
@@ -60,7 +63,9 @@ async def test_credentials_are_required_and_checked(make_api: MakeApi) -> None:
 
         # ?access_token= for EventSource, static tokens and HS256 JWTs all name an owner.
         created = await anon.post(
-            "/v1/runs", params={"access_token": "tok-bob"}, json={"tool": "story"}
+            "/v1/runs",
+            params={"access_token": "tok-bob"},
+            json={"tool": "story", "input": {"prompt": "hi"}},
         )
         assert created.status_code == 202
         token = jwt.encode({"sub": "bob", "exp": int(time.time()) + 60}, SECRET, "HS256")
@@ -84,7 +89,7 @@ async def test_open_mode_only_when_allowed(make_api: MakeApi) -> None:
         make_api(api_tokens=None, allow_open=True) as api,
         httpx.AsyncClient(base_url=api.url) as anon,
     ):
-        created = await anon.post("/v1/runs", json={"tool": "story"})
+        created = await anon.post("/v1/runs", json={"tool": "story", "input": {"prompt": "hi"}})
         assert created.status_code == 202
         run = await api.runtime.runs.get(created.json()["run_id"])
         assert run.owner == "anonymous"
@@ -112,7 +117,9 @@ async def test_oversized_body_is_413(make_api: MakeApi) -> None:
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "payload_too_large"
 
-        async def chunks():  # no Content-Length: the bytes are counted as they arrive
+        async def chunks() -> AsyncIterator[
+            bytes
+        ]:  # no Content-Length: the bytes are counted as they arrive
             yield b'{"tool": "story", "input": {"text": "'
             for _ in range(8):
                 yield b"y" * 512
@@ -146,7 +153,9 @@ async def test_invalid_bodies_are_422_naming_the_field(
 
 async def test_bad_session_id_and_unknown_routes(make_api: MakeApi) -> None:
     async with make_api() as api, api.client() as http:
-        bad = await http.post("/v1/runs", json={"tool": "story", "session_id": "a b"})
+        bad = await http.post(
+            "/v1/runs", json={"tool": "story", "input": {"prompt": "hi"}, "session_id": "a b"}
+        )
         assert bad.status_code == 400 and bad.json()["error"]["field"] == "session_id"
         missing = await http.get("/v1/nothing-here")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

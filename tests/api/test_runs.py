@@ -36,7 +36,7 @@ async def test_created_run_streams_every_event_then_closes(make_api: MakeApi) ->
 
 async def test_stream_true_answers_with_the_stream_from_event_one(make_api: MakeApi) -> None:
     async with make_api() as api, api.client() as http:
-        body = {"tool": "story", "input": {}, "stream": True}
+        body = {"tool": "story", "input": {"prompt": "hi"}, "stream": True}
         async with http.stream("POST", "/v1/runs", json=body) as response:
             assert response.status_code == 200
             stream = events(response)
@@ -70,7 +70,9 @@ async def test_two_owners_using_one_session_id_get_two_sessions(make_api: MakeAp
 async def test_get_list_and_cancel(make_api: MakeApi) -> None:
     async with make_api() as api, api.client() as http:
         a = await api.create_run(http)
-        b = await api.create_run(http, session_id=a["session_id"], tool="countdown")
+        b = await api.create_run(
+            http, session_id=a["session_id"], tool="countdown", input={"seconds": 1}
+        )
 
         got = (await http.get(f"/v1/runs/{a['run_id']}")).json()
         assert got["run_id"] == a["run_id"] and got["status"] == "queued"
@@ -93,7 +95,7 @@ async def test_get_list_and_cancel(make_api: MakeApi) -> None:
 async def test_idempotency_key_returns_the_same_run(make_api: MakeApi) -> None:
     async with make_api() as api, api.client() as http:
         headers = {"Idempotency-Key": "order-42"}
-        body = {"tool": "story", "input": {}}
+        body = {"tool": "story", "input": {"prompt": "hi"}}
         first = await http.post("/v1/runs", json=body, headers=headers)
         second = await http.post("/v1/runs", json=body, headers=headers)
         assert first.status_code == second.status_code == 202
@@ -133,7 +135,7 @@ async def test_json_page_for_polling_clients(make_api: MakeApi) -> None:
 async def test_publish_failure_is_503_and_the_run_ends_failed(make_api: MakeApi) -> None:
     async with make_api() as api, api.client() as http:
         await api.runtime.broker.close()
-        response = await http.post("/v1/runs", json={"tool": "story", "input": {}})
+        response = await http.post("/v1/runs", json={"tool": "story", "input": {"prompt": "hi"}})
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "publish_failed"
         runs = (await http.get("/v1/runs")).json()["runs"]
@@ -170,7 +172,7 @@ async def test_health_metrics_docs_and_dashboard(make_api: MakeApi) -> None:
 
 
 async def test_status_reports_queues_workers_and_runs(make_api: MakeApi) -> None:
-    async with make_api() as api, api.client() as http:
+    async with make_api(admin_owners="alice") as api, api.client() as http:
         await api.create_run(http)
         status = (await http.get("/v1/status")).json()
         assert {q["name"] for q in status["queues"]} >= {api.runtime.names.runs_queue}

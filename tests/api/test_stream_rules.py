@@ -89,7 +89,7 @@ async def test_streams_end_with_an_error_frame_when_the_log_fails(make_api: Make
             async def broken(*args: object, **kwargs: object) -> object:
                 raise BackendUnavailable("Redis at test is unavailable")
 
-            api.runtime.log.wait = broken  # type: ignore[method-assign]
+            api.runtime.log.wait = broken  # type: ignore[method-assign,assignment]
             try:
                 await api.runtime.log.wake(api.hub._wake_key)
                 rest = [f async for f in stream]

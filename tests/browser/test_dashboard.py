@@ -26,7 +26,7 @@ from tests.support.wait import wait_for
 pytestmark = pytest.mark.timeout(120)
 
 # ~130 deltas at 60 ms: about 8 s, so the server closes the stream several times.
-STORY = {"prompt": "a knight errant", "paragraphs": 12, "delay_ms": 60}
+STORY: dict[str, Any] = {"prompt": "a knight errant", "paragraphs": 12, "delay_ms": 60}
 TIMEOUT_MS = 30_000
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
@@ -35,7 +37,7 @@ from shared.broker.base import (
 )
 from shared.broker.memory import MemoryBroker
 from shared.broker.rabbitmq import RabbitBroker, outgoing_message
-from shared.errors import BackendUnavailable, PublishFailed
+from shared.errors import BackendUnavailable, NotFound, PublishFailed
 from tests.support.rabbit_node import DEFAULT_AMQP_URL, rabbit_node, rabbitmqctl, temp_vhost
 from tests.support.wait import wait_for
 
@@ -180,6 +182,50 @@ async def test_a_rejected_message_becomes_a_dead_letter_with_reason_and_source(
     ]
     assert await broker.take_dead_letters(10) == []
     assert len(reject.seen) == 2  # rejected once, never redelivered
+
+
+async def test_dead_letters_are_listed_in_place_replayed_to_their_queue_and_purged(
+    broker: Broker,
+) -> None:
+    accept = {"now": False}
+    handler = Recorder(decide=lambda d: Ack() if accept["now"] else Reject("not yet"))
+    runs = await broker.consume_runs(handler, prefetch=1)
+    completions = await broker.consume_completions(handler, prefetch=1)
+    for count, publish, body in [
+        (1, broker.publish_run, b"r1"),
+        (2, broker.publish_completion, b"c1"),
+        (3, broker.publish_run, b"r2"),
+    ]:
+        await publish(body)
+        await wait_for(functools.partial(_listed, broker, count), message=f"{count} dead letters")
+
+    listed = await broker.list_dead_letters(10)
+    assert [(d.body, d.reason, d.source) for d in listed] == [
+        (b"r1", "not yet", RUNS_QUEUE),
+        (b"c1", "not yet", COMPLETIONS_QUEUE),
+        (b"r2", "not yet", RUNS_QUEUE),
+    ]
+    # Listing takes nothing away and the ids are stable, so an operator can act on them.
+    assert [d.id for d in await broker.list_dead_letters(10)] == [d.id for d in listed]
+    assert len({d.id for d in listed}) == 3
+    assert all(time.time() - 60 < d.dead_at <= time.time() for d in listed)
+
+    accept["now"] = True
+    assert (await broker.replay_dead_letter(listed[1].id)).body == b"c1"
+    await wait_for(lambda: [d.body for d in handler.seen][-1:] == [b"c1"], message="replayed")
+    assert len(handler.seen) == 4  # back on the completions queue, handled once more
+    assert [d.body for d in await broker.list_dead_letters(10)] == [b"r1", b"r2"]
+    with pytest.raises(NotFound):
+        await broker.replay_dead_letter(listed[1].id)
+
+    assert await broker.purge_dead_letters() == 2
+    assert await broker.list_dead_letters(10) == []
+    await runs.stop()
+    await completions.stop()
+
+
+async def _listed(broker: Broker, count: int) -> bool:
+    return len(await broker.list_dead_letters(10)) >= count
 
 
 async def test_a_retry_comes_back_later_and_dead_letters_after_max_deliveries(

@@ -33,6 +33,7 @@ from tests.support.devserver import REPO, RUNRELAY
 from tests.support.http import serve_app
 from tests.support.ports import free_port
 from tests.support.procs import Proc, Processes
+from tests.support.tools import advertise_builtin_tools
 from tests.support.wait import wait_for
 from workers.worker import Worker
 
@@ -97,6 +98,8 @@ def make_stack(make_settings: Callable[..., Settings]) -> MakeStack:
             if worker:
                 running = Worker(Runtime.build(settings), owns_runtime=True)
                 await running.start()
+            if running is None:
+                await advertise_builtin_tools(settings)
             app = create_app(runtime, manage_runtime=False)
             async with serve_app(app, timeout_graceful_shutdown=2, send_buffer=send_buffer) as url:
                 yield Stack(url, app, runtime, running, client_name)
@@ -159,4 +162,5 @@ async def spawn_api(
                 return False
 
         await wait_for(ready, timeout=30, interval=0.1, message="runrelay api never ready")
+    await advertise_builtin_tools(settings)
     return proc, port

@@ -40,7 +40,9 @@ async def test_tokens_in_urls_never_reach_the_access_log(
     api, port = await spawn_api(processes, settings, tmp_path / "api.log")
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
         created = await http.post(
-            "/v1/runs", params={"access_token": ALICE}, json={"tool": "story", "input": {}}
+            "/v1/runs",
+            params={"access_token": ALICE},
+            json={"tool": "story", "input": {"prompt": "hi"}},
         )
         assert created.status_code == 202, created.text
         run_id = created.json()["run_id"]

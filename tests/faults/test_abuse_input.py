@@ -55,19 +55,26 @@ async def test_malformed_requests_are_4xx_naming_the_field(make_stack: MakeStack
                 ({"json": {"tool": "story", "input": "prompt"}}, 422, "input"),
                 ({"json": {"tool": "story", "input": [1]}}, 422, "input"),
                 ({"json": {"tool": "story", "stream": [1]}}, 422, "stream"),
-                ({"json": {"tool": "story", "session_id": UNICODE}}, 400, "session_id"),
+                (
+                    {"json": {"tool": "story", "input": {"prompt": "hi"}, "session_id": UNICODE}},
+                    400,
+                    "session_id",
+                ),
                 ({"json": {"tool": "story", "session_id": 5}}, 422, "session_id"),
                 (
-                    {"json": {"tool": "story"}, "headers": {"Idempotency-Key": "a b"}},
+                    {
+                        "json": {"tool": "story", "input": {"prompt": "hi"}},
+                        "headers": {"Idempotency-Key": "a b"},
+                    },
                     400,
                     "Idempotency-Key",
                 ),
                 ({"json": {"tool": "story", "input": {"x": "y" * 70_000}}}, 413, None),
                 # Valid JSON that cannot be stored: a 70-bit integer, a lone surrogate.
-                ({"json": {"tool": "story", "input": {"n": 2**70}}}, 400, "input"),
+                ({"json": {"tool": "story", "input": {"prompt": "x", "n": 2**70}}}, 400, "input"),
                 (
                     {
-                        "content": b'{"tool": "story", "input": {"s": "\\ud800"}}',
+                        "content": b'{"tool": "story", "input": {"prompt": "x", "s": "\\ud800"}}',
                         "headers": {"content-type": "application/json"},
                     },
                     400,
@@ -103,7 +110,9 @@ async def test_malformed_requests_are_4xx_naming_the_field(make_stack: MakeStack
             ]:
                 if name == "Last-Event-ID":
                     response = await http.get(
-                        f"/v1/runs/{run_id}/events", headers={name: value.encode()}
+                        # bytes, so a non-ASCII digit goes out raw as a client might send it
+                        f"/v1/runs/{run_id}/events",
+                        headers={name: value.encode()},  # type: ignore[arg-type]
                     )
                 else:
                     response = await http.get(f"/v1/runs/{run_id}/events", params={name: value})

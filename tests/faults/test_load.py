@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import orjson
@@ -136,7 +136,7 @@ async def test_thousands_of_streams_and_a_steady_run_rate_lose_nothing_and_leak_
         print(f"load: {len(short)} runs created in {created_in:.1f}s, {len(held)} held streams")
 
 
-async def _create_many(http: RawPoster, n: int, body: dict[str, object]) -> list[str]:
+async def _create_many(http: RawPoster, n: int, body: Mapping[str, object]) -> list[str]:
     payload = orjson.dumps(body)
     answers = await asyncio.gather(*(http.post("/v1/runs", payload) for _ in range(n)))
     for status, data in answers:

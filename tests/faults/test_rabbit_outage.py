@@ -9,9 +9,10 @@ runs take completions published after the restart. Everything completes, once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 DOWN_S = float(os.environ.get("RUNRELAY_FAULT_RABBIT_DOWN_S", "3"))
 
 
-async def _submit(runtime: Runtime, tool: str, input: dict[str, object]) -> RunRecord:
+async def _submit(runtime: Runtime, tool: str, input: Mapping[str, object]) -> RunRecord:
     run, _ = await runtime.runs.create(owner="ops", tool=tool, input=input)
     await runtime.broker.publish_run(request_body(run.run_id))
     return run
@@ -59,7 +60,7 @@ async def test_runs_queued_running_and_waiting_all_complete_across_a_rabbitmq_re
             running = [await _submit(runtime, "countdown", countdown) for _ in range(2)]
             for run in running:
                 await wait_for(
-                    lambda run=run: _status(runtime, run, "running"), timeout=15, interval=0.05
+                    functools.partial(_status, runtime, run, "running"), timeout=15, interval=0.05
                 )
             story = {"prompt": "queued through it", "paragraphs": 1, "delay_ms": 0}
             queued = [await _submit(runtime, "story", story) for _ in range(4)]
@@ -68,7 +69,9 @@ async def test_runs_queued_running_and_waiting_all_complete_across_a_rabbitmq_re
             await asyncio.to_thread(node.stop)
             async with system.client() as http, asyncio.timeout(30):
                 # No broker, no run: the API refuses rather than accepting what it cannot queue.
-                refused = await http.post("/v1/runs", json={"tool": "story", "input": {}})
+                refused = await http.post(
+                    "/v1/runs", json={"tool": "story", "input": {"prompt": "hi"}}
+                )
                 assert refused.status_code == 503, refused.text
             await asyncio.sleep(DOWN_S)  # the outage itself, not a wait for a condition
             await asyncio.to_thread(node.start)

@@ -14,6 +14,8 @@ COMMANDS = [
     "tail",
     "status",
     "cancel",
+    "tools",
+    "dead",
     "api",
     "worker",
     "consumer",

@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from runrelay import events as ev
-from runrelay.events import Event, EventParseError, StreamGap, parse_event
+from runrelay.errors import EventParseError
+from runrelay.events import Event, StreamGap, parse_event
 
 NATIVE: list[tuple[str, type[ev.BaseEvent], dict[str, Any]]] = [
     ("run.queued", ev.RunQueued, {"tool": "story", "input": {"prompt": "x"}, "attempt": 1}),

@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 @overload
 async def wait_for(
-    predicate: Callable[[], Awaitable[T]],
+    predicate: Callable[[], Awaitable[T | None]],
     *,
     timeout: float = ...,  # noqa: ASYNC109
     interval: float = ...,
@@ -23,7 +23,7 @@ async def wait_for(
 
 @overload
 async def wait_for(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     *,
     timeout: float = ...,  # noqa: ASYNC109
     interval: float = ...,

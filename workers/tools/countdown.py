@@ -18,6 +18,7 @@ class CountdownInput(BaseModel):
 
 @tool("countdown", CountdownInput)
 async def countdown(ctx: RunContext, args: CountdownInput) -> None:
+    """Report progress once per `interval_s` for `seconds`: a tool call with no text."""
     await ctx.tool_started(args.model_dump())
     loop = asyncio.get_running_loop()
     start = loop.time()

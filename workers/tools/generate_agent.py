@@ -44,11 +44,13 @@ class GeneratorError(RuntimeError):
 
 @tool("generate_agent", GenerateAgentInput)
 async def generate_agent(ctx: RunContext, args: GenerateAgentInput) -> None:
+    """Ask the external generator for an agent; the run waits until it reports completion."""
     await _delegated(ctx, "/api/generate-agent", args.model_dump())
 
 
 @tool("edit_agent", EditAgentInput)
 async def edit_agent(ctx: RunContext, args: EditAgentInput) -> None:
+    """Ask the external generator to change an agent; the run waits for its completion."""
     await _delegated(ctx, "/api/edit-agent", args.model_dump())
 
 

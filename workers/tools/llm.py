@@ -42,6 +42,7 @@ class LlmError(RuntimeError):
 
 @tool("llm", LlmInput)
 async def llm(ctx: RunContext, args: LlmInput) -> None:
+    """Stream a chat completion from the OpenAI-compatible endpoint RUNRELAY_LLM_BASE_URL."""
     settings = ctx.settings
     if not settings.llm_base_url:
         raise LlmError("the llm tool needs RUNRELAY_LLM_BASE_URL (an OpenAI-compatible endpoint)")

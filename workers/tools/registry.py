@@ -16,6 +16,7 @@ tool emits through the context; the return value is not recorded.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,6 +45,14 @@ class Tool:
     input_model: type[BaseModel]
     fn: Callable[[RunContext, Any], Awaitable[object]]
 
+    def spec(self) -> dict[str, Any]:
+        """What workers advertise and ``GET /v1/tools`` lists: the docstring and input schema."""
+        return {
+            "name": self.name,
+            "description": inspect.getdoc(self.fn) or "",
+            "input_schema": self.input_model.model_json_schema(),
+        }
+
 
 _TOOLS: dict[str, Tool] = {}
 
@@ -64,6 +73,10 @@ def get_tool(name: str) -> Tool | None:
 
 def tool_names() -> list[str]:
     return sorted(_TOOLS)
+
+
+def tool_specs() -> list[dict[str, Any]]:
+    return [_TOOLS[name].spec() for name in tool_names()]
 
 
 def load_tool_modules(modules: Iterable[str] = ()) -> None:

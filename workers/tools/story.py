@@ -29,9 +29,9 @@ _ENDINGS = ("until dawn", "without losing a word", "one piece at a time", "and n
 
 
 class StoryInput(BaseModel):
-    prompt: str = Field(max_length=10_000)
-    paragraphs: int = Field(default=3, ge=1, le=50)
-    delay_ms: int = Field(default=30, ge=0, le=5000)
+    prompt: str = Field(max_length=10_000, description="what the story is about")
+    paragraphs: int = Field(default=3, ge=1, le=50, description="how many paragraphs")
+    delay_ms: int = Field(default=30, ge=0, le=5000, description="pause after each delta")
 
 
 def compose(prompt: str, paragraphs: int) -> list[str]:
@@ -40,14 +40,15 @@ def compose(prompt: str, paragraphs: int) -> list[str]:
     rng = random.Random(seed)
     out = []
     for index in range(paragraphs):
-        opening = f"Once, {prompt.strip() or 'somewhere'}." if index == 0 else "Then"
-        sentences = [opening]
+        sentences = [f"Once, {prompt.strip() or 'somewhere'}."] if index == 0 else []
         for _ in range(3):
             sentences.append(
-                f"{rng.choice(_SUBJECTS).capitalize()} {rng.choice(_VERBS)} "
+                f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} "
                 f"{rng.choice(_OBJECTS)} {rng.choice(_ENDINGS)}."
             )
-        out.append(" ".join(sentences))
+        if index > 0:
+            sentences[0] = f"Then {sentences[0]}"  # "Then a patient client ...", in lower case
+        out.append(" ".join(s[0].upper() + s[1:] for s in sentences))
     return out
 
 
@@ -67,6 +68,7 @@ def pieces(paragraphs: list[str]) -> list[str]:
 
 @tool("story", StoryInput)
 async def story(ctx: RunContext, args: StoryInput) -> None:
+    """A deterministic story about the prompt, streamed a few words at a time (no model)."""
     for delta in pieces(compose(args.prompt, args.paragraphs)):
         await ctx.text(delta)
         if args.delay_ms:
