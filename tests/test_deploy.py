@@ -81,6 +81,8 @@ MEANINGS: dict[str, str] = {
     "`/v1/dead`, `/v1/status`, `runrelay dead`, `runrelay status` (403 for others). "
     "Everyone in open mode.",
     "max_body_bytes": "Largest request body accepted (413 beyond).",
+    "cors_origins": "Browser origins allowed to call the API from other pages, comma-separated "
+    "(`https://chat.example.com,http://localhost:3000`, or `*`). Unset: no CORS headers.",
     "internal_api_key": "`X-API-Key` the operations webhook requires (503 when unset); "
     "`CHAT_INTERNAL_API_KEY` is accepted too (secret).",
     "worker_concurrency": "Runs one worker executes at once (also its RabbitMQ prefetch).",
