@@ -240,6 +240,19 @@ def test_compose_app_services_run_real_commands_on_real_settings() -> None:
         assert set(environment) <= known, f"{name}: unknown settings {set(environment) - known}"
         assert environment["RUNRELAY_REDIS_URL"].startswith("redis://redis:")
         assert "@rabbitmq:" in environment["RUNRELAY_AMQP_URL"]
+        # Every RUNRELAY_* in .env reaches the container, and a missing .env is no error.
+        assert {"path": ".env", "required": False} in service["env_file"], name
+
+
+def test_compose_has_no_default_webhook_key() -> None:
+    """Without RUNRELAY_INTERNAL_API_KEY the webhook must answer 503 (SPEC): a default
+    key in the file would open it with a guessable secret."""
+    text = COMPOSE.read_text()
+    assert "change-me" not in text
+    for name, service in _compose()["services"].items():
+        environment = service.get("environment") or {}
+        assert "RUNRELAY_INTERNAL_API_KEY" not in environment, name
+        assert "CHAT_INTERNAL_API_KEY" not in environment, name
 
 
 def test_compose_file_validates() -> None:
@@ -279,7 +292,7 @@ def test_procfile_commands_exist() -> None:
         if line.strip() and not line.startswith("#"):
             kind, _, text = line.partition(":")
             entries[kind.strip()] = shlex.split(text)
-    assert set(entries) == {"web", "worker", "consumer"}
+    assert set(entries) == {"web", "worker", "consumer", "generator"}
     for command in entries.values():
         _command(command)
     assert "--port" not in entries["web"]  # the platform's PORT is honoured instead
