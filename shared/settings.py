@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     # Owners who may use the operator routes (dead letters, status); all in open mode.
     admin_owners: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Browser origins (scheme://host[:port], comma-separated, or *) allowed to call the API.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # The webhook's X-API-Key; CHAT_INTERNAL_API_KEY is the name existing services use.
     internal_api_key: SecretStr | None = Field(
         default=None,
@@ -145,7 +147,7 @@ class Settings(BaseSettings):
             return f"{scheme}+cluster://{rest}"
         return url
 
-    @field_validator("tools", "admin_owners", mode="before")
+    @field_validator("tools", "admin_owners", "cors_origins", mode="before")
     @classmethod
     def _split_tools(cls, value: object) -> object:
         if isinstance(value, str):
