@@ -454,7 +454,11 @@ class RedisEventLog:
         self._append_topic = self._redis.register_script(scripts.APPEND_TOPIC)
 
     async def ping(self) -> None:
-        await self._call(self._redis.ping())
+        try:
+            await self._call(self._redis.ping())
+        except BackendUnavailable as exc:
+            # At start, say which setting points here (SPEC §11: name the variable).
+            raise BackendUnavailable(f"{exc} (check RUNRELAY_REDIS_URL)") from exc
 
     async def close(self) -> None:
         await self._feed.reset()
