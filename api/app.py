@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import dashboard, dialects
+from api.ds import routes as ds
 from api.auth import Authenticator
 from api.catalogue import ToolCatalogue
 from api.deps import ApiState
@@ -137,6 +138,7 @@ def create_app(
     app.include_router(operations.router)
     for router in dialects.ROUTERS:
         app.include_router(router)
+    app.include_router(ds.router)  # last: its catch-all path must not shadow other routes
     # Outermost last: the access log sees every answer, including a 413.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AccessLog)

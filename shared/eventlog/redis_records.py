@@ -14,6 +14,7 @@ import orjson
 from shared.eventlog import scripts
 from shared.eventlog.base import Stores, record_from
 from shared.eventlog.redis import RedisConnection, RedisEventLog, decoded, flat_pairs
+from shared.eventlog.redis_streams import RedisStreamStore
 from shared.models import Operation, RunRecord
 
 
@@ -201,7 +202,7 @@ def redis_stores(
     max_connections: int = 6,
     client_name: str | None = None,
 ) -> Stores:
-    """The four stores on one Redis, sharing one `RedisConnection`."""
+    """The stores on one Redis, sharing one `RedisConnection`."""
     conn = RedisConnection(
         url, prefix=prefix, max_connections=max_connections, client_name=client_name
     )
@@ -210,4 +211,5 @@ def redis_stores(
         runs=RedisRunStore(conn),
         scheduler=RedisScheduler(conn),
         workers=RedisWorkerRegistry(conn),
+        streams=RedisStreamStore(conn),
     )
