@@ -112,12 +112,14 @@ async def sse(
                 return
             cursor = protocol.cursor(client_cursor)
             ended = view.closed and view.at_end
+            data = b""
             if view.messages:
-                yield protocol.sse_data(source.content_type, view.messages)
+                data = protocol.sse_data(source.content_type, view.messages)
                 after = view.last
             if view.messages or not announced or ended:
-                yield protocol.sse_control(
-                    max(after, 0), cursor, up_to_date=view.at_end, closed=ended
+                # One write for the pair: a reader never sees data without its control.
+                yield data + protocol.sse_control(
+                    after, cursor, up_to_date=view.at_end, closed=ended
                 )
                 announced = True
             if ended:

@@ -142,10 +142,11 @@ async def _read(request: Request, state: State, source: Source, ttl: dict[str, s
     if live == "sse":
         headers = dict(protocol.SECURITY_HEADERS)
         headers["Cache-Control"] = "no-cache"
+        headers["Content-Type"] = EVENT_STREAM  # exactly: no charset parameter
         if not protocol.is_text(source.content_type):
             headers["Stream-SSE-Data-Encoding"] = "base64"
         events = reads.sse(state.hub, source, after, client_cursor, settings.ds_sse_max_s)
-        return StreamingResponse(events, media_type=EVENT_STREAM, headers=headers)
+        return StreamingResponse(events, headers=headers)
     if live == "long-poll":
         view = await reads.long_poll(state.hub, source, after, settings.ds_long_poll_s)
     else:
@@ -161,7 +162,7 @@ async def _read(request: Request, state: State, source: Source, ttl: dict[str, s
         headers[protocol.CURSOR] = protocol.cursor(client_cursor)
         if not view.messages:
             return answer(204, {**headers, "Cache-Control": "no-store"})
-    if raw == "now":
+    if raw == "now" and not live:
         body = protocol.body_of(source.content_type, [])
         return answer(200, {**headers, "Cache-Control": "no-store"}, body, source.content_type)
     etag = f'"{hashlib.sha256(source.hub_key.encode()).hexdigest()[:16]}:{after}:{view.last}'

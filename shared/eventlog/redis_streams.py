@@ -50,7 +50,8 @@ if ARGV[8] == '1' then
   redis.call('XADD', log, '0-' .. entry, 't', 'c', 'd', '')
 end
 redis.call('HSET', meta, 'cfg', ARGV[1], 'ct', ARGV[2], 'ttl', ARGV[3], 'exp', ARGV[4],
-  'expms', ARGV[5], 'fork_of', ARGV[6], 'fork_off', ARGV[7], 'tail', n, 'entry', entry,
+  'expms', ARGV[5], 'fork_of', ARGV[6], 'fork_off', ARGV[7], 'fork_sub', ARGV[10 + n],
+  'tail', n, 'entry', entry,
   'closed', ARGV[8], 'forks', 0, 'gone', '0', 'sseq', '')
 if entry > 0 then redis.call('PUBLISH', log, entry) end
 expire({meta, log, prods}, ARGV[3], ARGV[5])
@@ -130,9 +131,9 @@ READ = (
     + """
 local meta, log, prods = KEYS[1], KEYS[2], KEYS[3]
 local cur = redis.call('HMGET', meta, 'ct', 'ttl', 'exp', 'expms', 'fork_of', 'fork_off',
-  'tail', 'closed', 'gone')
+  'fork_sub', 'tail', 'closed', 'gone')
 if not cur[1] then return false end
-if ARGV[3] == '1' and cur[9] ~= '1' and cur[2] ~= '' then
+if ARGV[3] == '1' and cur[10] ~= '1' and cur[2] ~= '' then
   expire({meta, log, prods}, cur[2], '')
 end
 local entries = {}
@@ -185,9 +186,9 @@ def _opt_int(raw: str) -> int | None:
 
 
 def info_from(fields: list[str]) -> StreamInfo:
-    """``[ct, ttl, exp, expms, fork_of, fork_off, tail, closed, gone]`` as the READ script
-    answers them (the embedded store keeps the same strings)."""
-    ct, ttl, exp, expms, fork_of, fork_off, tail, closed, gone = fields
+    """``[ct, ttl, exp, expms, fork_of, fork_off, fork_sub, tail, closed, gone]``, as the
+    READ script answers them."""
+    ct, ttl, exp, expms, fork_of, fork_off, fork_sub, tail, closed, gone = fields
     config = StreamConfig(
         content_type=ct,
         ttl_s=_opt_int(ttl),
@@ -195,6 +196,7 @@ def info_from(fields: list[str]) -> StreamInfo:
         expires_ms=_opt_int(expms),
         fork_of=fork_of,
         fork_offset=int(fork_off or "0"),
+        fork_sub=int(fork_sub or "0"),
     )
     return StreamInfo(config, int(tail or "0"), closed == "1", gone == "1")
 
@@ -234,6 +236,7 @@ class RedisStreamStore:
             "1" if closed else "0",
             len(messages),
             *messages,
+            config.fork_sub,
         ]
         status, tail, is_closed = await self.conn.call(
             self._create(keys=self._keys(owner, path), args=args)
