@@ -19,10 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import dashboard, dialects
-from api.ds import routes as ds
 from api.auth import Authenticator
 from api.catalogue import ToolCatalogue
 from api.deps import ApiState
+from api.ds import routes as ds
 from api.errors import Unauthorized
 from api.middleware import AccessLog, BodyLimit
 from api.responses import JSONResponse, error_response

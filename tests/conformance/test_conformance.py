@@ -1,4 +1,4 @@
-"""The official Durable Streams conformance suite against the shipped `runrelay api` and `runrelay dev`.
+"""The official Durable Streams conformance suite against `runrelay api` and `runrelay dev`.
 
 `@durable-streams/server-conformance-tests` (pinned in package-lock.json, installed by
 scripts/ensure-conformance) runs under vitest against ``<server>/ds``. The Node
