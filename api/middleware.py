@@ -10,6 +10,8 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.server_assumptions import DETACH, RAW_SEND
+
 access_log = logging.getLogger("runrelay.api.access")
 
 _REDACTED = "REDACTED"
@@ -110,9 +112,9 @@ class Detached(Protocol):
 class AccessLog:
     """One line per request: method, path, redacted query, status, duration.
 
-    Being outermost, it also runs detached responses (see api.streams.DETACH): an event
-    stream sends its start through the app, hands itself over here and returns, so the
-    app's frames are freed while the stream stays open for minutes.
+    Being outermost, it also runs detached responses (api.server_assumptions.DETACH): an
+    event stream sends its start through the app, hands itself over here and returns, so
+    the app's frames are freed while the stream stays open for minutes.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -122,10 +124,10 @@ class AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # Event streams write their bodies here directly (see api.streams.RAW_SEND).
-        scope["runrelay.send"] = send
+        # Event streams write their bodies here directly (api.server_assumptions.RAW_SEND).
+        scope[RAW_SEND] = send
         detached: list[Detached] = []
-        scope["runrelay.detach"] = detached.append
+        scope[DETACH] = detached.append
         if not access_log.isEnabledFor(logging.INFO):
             await self._run(scope, receive, send, send, detached)
             return

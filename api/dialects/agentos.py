@@ -174,11 +174,9 @@ async def _collect(state: ApiState, run: RunRecord) -> str | None:
         ended = ended or event.type in TERMINAL_EVENTS
         return b""
 
-    runtime = state.runtime
     body = event_stream(
-        runtime.log,
         state.hub,
-        runtime.settings,
+        state.runtime.settings,
         _run_key(state, run),
         0,
         until_terminal=True,
@@ -188,7 +186,7 @@ async def _collect(state: ApiState, run: RunRecord) -> str | None:
         async for _ in body:
             pass
     finally:
-        await body.aclose()  # type: ignore[attr-defined]
+        await body.aclose()
     return "".join(text) if ended else None
 
 
