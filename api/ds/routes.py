@@ -278,6 +278,7 @@ async def _create(request: Request, state: State, owner: str, path: str) -> Resp
     body = await request.body()
     inherited: list[bytes] = []
     source = ""
+    upto = 0
     if fork_of is not None:
         source = _stream_path(fork_of.lstrip("/"))
         src = await streams.info(owner, source)
@@ -294,15 +295,13 @@ async def _create(request: Request, state: State, owner: str, path: str) -> Resp
         if upto > src.tail:
             raise ProtocolError(400, "Stream-Fork-Offset is past the source's tail")
     content_type = given_type or DEFAULT_TYPE
-    config = StreamConfig(
-        content_type, ttl, exp_raw, exp_ms, source, upto if source else 0, sub if source else 0
-    )
+    config = StreamConfig(content_type, ttl, exp_raw, exp_ms, source, upto, sub if source else 0)
     messages = _messages(content_type, body, allow_empty=True)
     current = await streams.info(owner, path)
     if current is not None:
-        same = not current.gone and current.config.key() == config.key()
-        status = 200 if same else 409
-        return answer(status, _info_headers(current)) if same else refuse(status, "exists")
+        if not current.gone and current.config.key() == config.key():
+            return answer(200, _info_headers(current))
+        return refuse(409, "a stream with another configuration exists here")
     if source:
         inherited = await _inherited(
             state, owner, source, upto, sub, protocol.is_json(content_type)
