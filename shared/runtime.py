@@ -8,6 +8,7 @@ from shared.broker.base import Broker, Names
 from shared.dispatch import Dispatch
 from shared.errors import ConfigError
 from shared.eventlog.base import EventLog, RunStore, Scheduler, Stores, WorkerRegistry
+from shared.eventlog.streams import StreamStore
 from shared.lifecycle import Runs
 from shared.settings import Settings
 
@@ -53,6 +54,10 @@ class Runtime:
     @property
     def workers(self) -> WorkerRegistry:
         return self.stores.workers
+
+    @property
+    def streams(self) -> StreamStore:
+        return self.stores.streams
 
     @property
     def names(self) -> Names:

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     subscriber_buffer: int = Field(default=1024, ge=8)
     max_streams_per_owner: int = Field(default=200, ge=1)
     max_active_runs_per_owner: int = Field(default=1000, ge=1)
+    # Durable Streams (/ds/): how long a long-poll waits, how long one SSE response lives.
+    ds_long_poll_s: float = Field(default=20.0, gt=0)
+    ds_sse_max_s: float = Field(default=60.0, gt=0)
 
     # Auth and input bounds.
     api_tokens: SecretStr | None = None

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from shared.eventlog.streams import StreamStore
 from shared.keys import Keys
 from shared.models import Operation, Page, RunRecord, RunStatus, StoredEvent
 
@@ -172,12 +173,13 @@ class WorkerRegistry(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Stores:
-    """One backend's four stores, sharing its connections."""
+    """One backend's stores, sharing its connections."""
 
     log: EventLog
     runs: RunStore
     scheduler: Scheduler
     workers: WorkerRegistry
+    streams: StreamStore
 
 
 def record_from(fields: Mapping[str, str]) -> RunRecord:

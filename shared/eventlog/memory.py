@@ -332,11 +332,15 @@ class MemoryWorkerRegistry:
 def memory_stores(
     *, prefix: str = "runrelay:", ttl_s: int = 3600, max_events: int = 10_000
 ) -> Stores:
-    """The four embedded stores on one shared `MemoryState`."""
+    """The embedded stores on one shared `MemoryState`."""
+    # Imported here: the stream store builds on this module's `MemoryState` and `_Log`.
+    from shared.eventlog.memory_streams import MemoryStreamStore
+
     state = MemoryState(prefix=prefix, ttl_s=ttl_s, max_events=max_events)
     return Stores(
         log=MemoryEventLog(state),
         runs=MemoryRunStore(state),
         scheduler=MemoryScheduler(state),
         workers=MemoryWorkerRegistry(state),
+        streams=MemoryStreamStore(state),
     )

@@ -14,6 +14,7 @@ import orjson
 from shared.eventlog import scripts
 from shared.eventlog.base import Stores, record_from
 from shared.eventlog.redis import RedisConnection, RedisEventLog, decoded, flat_pairs
+from shared.eventlog.redis_streams import RedisStreamStore
 from shared.models import Operation, RunRecord
 
 
@@ -203,7 +204,7 @@ def redis_stores(
     min_replicas: int = 0,
     min_replicas_timeout_ms: int = 1000,
 ) -> Stores:
-    """The four stores on one Redis (or one Redis Cluster), sharing one `RedisConnection`."""
+    """The stores on one Redis (or one Redis Cluster), sharing one `RedisConnection`."""
     conn = RedisConnection(
         url,
         prefix=prefix,
@@ -217,4 +218,5 @@ def redis_stores(
         runs=RedisRunStore(conn),
         scheduler=RedisScheduler(conn),
         workers=RedisWorkerRegistry(conn),
+        streams=RedisStreamStore(conn),
     )
