@@ -32,8 +32,8 @@ _REF = '\'{"id":\' .. sid .. \',"run_event_id":\' .. id .. \',"run_id":"r"}\''
 VARIANTS = {
     "batch, session entry copies the body (shipped)": scripts.APPEND,
     "batch, session entry references the run event": scripts.APPEND.replace(_COPY, _REF),
-    "batch, no PUBLISH": scripts.APPEND.replace("  redis.call('PUBLISH', log, id)\n", "").replace(
-        "  redis.call('PUBLISH', slog, sid)\n", ""
+    "batch, no PUBLISH": scripts.APPEND.replace("  redis.call('SPUBLISH', log, id)\n", "").replace(
+        "  redis.call('SPUBLISH', slog, sid)\n", ""
     ),
 }
 

@@ -84,12 +84,37 @@ class StoredEvent(NamedTuple):
         return value
 
 
+# The most events a reader asks of one log at once: a replay page, a live read per log.
+PAGE_SIZE = 500
+
+
+class Gap(NamedTuple):
+    """Events `first`..`last` were trimmed or expired before the reader got to them."""
+
+    first: int
+    last: int
+
+
 class Page(NamedTuple):
     """Events after a cursor, plus what the log still holds (for gap reporting)."""
 
     events: list[StoredEvent]
     first_id: int  # oldest retained id, 0 when the log is empty or gone
     last_id: int  # newest id ever appended, 0 when none
+
+    def gap(self, cursor: int, upto: int | None = None) -> Gap | None:
+        """What is gone between `cursor` (the page was read after it) and this page.
+
+        Ids are gapless, so a first event past ``cursor + 1`` means the ids in between
+        were trimmed or expired. A reader filling a hole up to `upto` that finds nothing
+        at or below it has lost the whole hole.
+        """
+        first = self.events[0].id if self.events else None
+        if upto is not None and (first is None or first > upto):
+            return Gap(cursor + 1, upto)
+        if first is not None and first > cursor + 1:
+            return Gap(cursor + 1, first - 1)
+        return None
 
 
 class PublicRun(BaseModel):

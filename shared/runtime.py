@@ -95,10 +95,12 @@ def _build_stores(settings: Settings) -> Stores:
         from shared.eventlog.redis_records import redis_stores
 
         return redis_stores(
-            settings.redis_url,
+            settings.redis_target() or settings.redis_url,
             prefix=settings.key_prefix,
             ttl_s=settings.stream_ttl_s,
             max_events=settings.stream_max_events,
+            min_replicas=settings.redis_min_replicas,
+            min_replicas_timeout_ms=settings.redis_min_replicas_timeout_ms,
         )
     from shared.eventlog.memory import memory_stores
 

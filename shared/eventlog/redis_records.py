@@ -200,10 +200,17 @@ def redis_stores(
     max_events: int,
     max_connections: int = 6,
     client_name: str | None = None,
+    min_replicas: int = 0,
+    min_replicas_timeout_ms: int = 1000,
 ) -> Stores:
-    """The four stores on one Redis, sharing one `RedisConnection`."""
+    """The four stores on one Redis (or one Redis Cluster), sharing one `RedisConnection`."""
     conn = RedisConnection(
-        url, prefix=prefix, max_connections=max_connections, client_name=client_name
+        url,
+        prefix=prefix,
+        max_connections=max_connections,
+        client_name=client_name,
+        min_replicas=min_replicas,
+        min_replicas_timeout_ms=min_replicas_timeout_ms,
     )
     return Stores(
         log=RedisEventLog(conn, ttl_s=ttl_s, max_events=max_events),

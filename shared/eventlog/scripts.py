@@ -26,8 +26,8 @@ local function append_events(run, log, sess, slog, maxlen, args, first, last)
     redis.call('XADD', slog, 'MAXLEN', maxlen, '0-' .. sid,
                't', etype, 'd', '{"id":' .. sid .. ',"run_event_id":' .. id .. ',' .. body)
   end
-  redis.call('PUBLISH', log, id)
-  redis.call('PUBLISH', slog, sid)
+  redis.call('SPUBLISH', log, id)
+  redis.call('SPUBLISH', slog, sid)
   return id
 end
 """
@@ -124,7 +124,7 @@ APPEND_TOPIC = """
 local id = redis.call('HINCRBY', KEYS[1], 'last_event_id', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. id,
            't', ARGV[1], 'd', '{"id":' .. id .. ',' .. ARGV[2])
-redis.call('PUBLISH', KEYS[2], id)
+redis.call('SPUBLISH', KEYS[2], id)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return id
