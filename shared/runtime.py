@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.appender import Appender
 from shared.broker.base import Broker, Names
 from shared.dispatch import Dispatch
 from shared.errors import ConfigError
@@ -27,6 +28,7 @@ class Runtime:
     embedded: bool
     runs: Runs = field(init=False)
     dispatch: Dispatch = field(init=False)
+    appender: Appender = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -35,6 +37,7 @@ class Runtime:
             publish_grace_s=settings.publish_grace_s,
             max_active_per_owner=settings.max_active_runs_per_owner,
         )
+        self.appender = Appender(self.stores.log, linger_s=settings.append_linger_ms / 1000)
         self.dispatch = Dispatch(
             self.stores.scheduler, self.broker, publish_grace_s=settings.publish_grace_s
         )
@@ -87,6 +90,7 @@ class Runtime:
         await self.broker.connect()
 
     async def close(self) -> None:
+        await self.appender.close()
         await self.broker.close()
         await self.log.close()
 

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     publish_grace_s: float = Field(default=30.0, gt=0)
     tools: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long a worker may hold an emitted chunk to batch it with others while earlier
+    # appends are in flight (an idle worker sends at once): see shared/appender.py.
+    append_linger_ms: float = Field(default=1.0, ge=0, le=1000)
 
     # Delegated operations.
     generator_url: str = "http://127.0.0.1:8001"
