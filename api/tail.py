@@ -2,7 +2,7 @@
 
     hub = TailHub(log, buffer=settings.subscriber_buffer); hub.start()
     sub = await hub.subscribe(key, cursor, until_terminal=True)
-    ... frames = sub.take() ...  # see api.streams for the consumer side
+    ... frames = sub.take() ...  # see api.streams.state for the consumer side
     hub.unsubscribe(sub); await hub.close()
 
 One task calls `EventLog.wait` with the cursor of every followed log plus a
@@ -13,7 +13,7 @@ however many clients follow however many runs.
 Each event's SSE frame is built once and the same bytes object is handed to
 every subscriber of that log. Pushing never blocks: a subscriber whose bounded
 buffer would overflow is detached and told so; it then reads the log from its own
-cursor and re-subscribes (see `api.streams`). The hub's cursor per log is only a
+cursor and re-subscribes (see `api.streams.state`). The hub's cursor per log is only a
 read position — correctness lives in each subscriber, which skips frames at or
 below its cursor and fills any hole from the log.
 """
@@ -30,14 +30,13 @@ from typing import NamedTuple
 from api import metrics, sse
 from shared.errors import BackendUnavailable
 from shared.eventlog.base import EventLog
-from shared.models import TERMINAL_EVENTS, Page, StoredEvent
+from shared.models import PAGE_SIZE, TERMINAL_EVENTS, Page, StoredEvent
 
 log = logging.getLogger(__name__)
 
 # redis-py's blocking reads must stay well inside any socket timeout, and a short block
 # bounds how stale a missed wake-up can make a newly followed log.
 BLOCK_S = 1.0
-BATCH = 500
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
 
@@ -165,7 +164,7 @@ class TailHub:
     """The process-wide live reader; `start()` in the app's lifespan, `close()` at the end."""
 
     def __init__(
-        self, log: EventLog, *, buffer: int, block_s: float = BLOCK_S, batch: int = BATCH
+        self, log: EventLog, *, buffer: int, block_s: float = BLOCK_S, batch: int = PAGE_SIZE
     ) -> None:
         self._log = log
         self._buffer = buffer

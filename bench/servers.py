@@ -69,9 +69,9 @@ def serve_runrelay(port: int, prefix: str, redis_url: str, heartbeat_s: float) -
     if os.environ.get(
         "BENCH_NO_DIRECT"
     ):  # for before/after figures: streams never written by the hub
-        import api.streams
+        from api.streams.direct_write import DirectWrite
 
-        api.streams._Stream.write_now = lambda self, batch: False  # type: ignore[method-assign]
+        DirectWrite.write = lambda self, batch: False  # type: ignore[method-assign]
     server = build_server(app, "127.0.0.1", port, log_level="warning")
     if not os.environ.get("BENCH_NO_GC_TUNING"):  # for before/after figures
         tune_gc()  # as `runrelay api` (api.server.serve) does

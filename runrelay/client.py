@@ -17,8 +17,9 @@ import random
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 import httpx
 import orjson
@@ -249,67 +250,102 @@ class Events:
         if (run_id is None) == (session_id is None):
             raise ValueError("pass exactly one of run_id= or session_id=")
         path = f"/v1/runs/{run_id}/events" if run_id else f"/v1/sessions/{session_id}/events"
-        client = self._client
-        cursor = since_id
-        failures = 0
-        retry_floor_s = 0.0
+        place = _Place(since_id)
         while True:
-            alive = False  # this connection delivered an event or a heartbeat
+            place.alive = False
             try:
-                async with client._http.stream(
-                    "GET",
-                    path,
-                    headers=_stream_headers(cursor),
-                    timeout=httpx.Timeout(client.timeout, read=None),
-                ) as response:
-                    if response.status_code == 204:
-                        return  # nothing after the cursor, and the run has ended
-                    if response.status_code >= 400:
-                        body = await response.aread()
-                        error = api_error(response.status_code, body)
-                        if _retryable_status(response.status_code):
-                            raise _Retryable(str(error), _retry_after_s(response))
-                        raise error
-                    async with aclosing(_items(response, client.stale_after)) as items:
-                        async for item in items:
-                            if isinstance(item, SSERetry):
-                                retry_floor_s = item.ms / 1000
-                            elif isinstance(item, SSEComment):
-                                # Heartbeats are proof of life, not something to deliver.
-                                alive, failures = True, 0
-                            elif item.event == "error" and item.id is None:
-                                # The server lost a backend mid-stream; it closes next.
-                                # Not an event of the run: reconnect, and say why if
-                                # retries run out.
-                                raise _Retryable(f"server error: {_error_message(item)}")
-                            else:
-                                event = _event(item)
-                                if (
-                                    event.id is not None
-                                    and cursor is not None
-                                    and event.id <= cursor
-                                ):
-                                    continue  # already delivered before a reconnect
-                                yield event
-                                if event.id is not None:
-                                    cursor = event.id
-                                if not isinstance(event, StreamGap):
-                                    alive, failures = True, 0
-                                if run_id is not None and event.is_terminal:
-                                    return
-                    raise _Retryable("the server closed the stream")
+                connection = self._connect_once(path, place, until_terminal=run_id is not None)
+                async with aclosing(connection) as events:
+                    async for event in events:
+                        yield event
+                return
             except (httpx.TransportError, _Retryable, EventParseError) as exc:
-                if failures >= client.max_retries:
-                    raise StreamError(
-                        f"stream {path} lost after {failures + 1} attempts: {exc}", cursor
-                    ) from exc
-                floor = exc.floor_s if isinstance(exc, _Retryable) else 0.0
-                # A live connection closed by the server (it caps connection age) is
-                # routine: come back after the server's retry delay, no more.
-                delay = 0.0 if alive else client._backoff(failures)
-                await asyncio.sleep(max(floor, retry_floor_s, delay))
-                if not alive:
-                    failures += 1
+                await self._pause(path, place, exc)
+
+    async def _connect_once(
+        self, path: str, place: _Place, *, until_terminal: bool
+    ) -> AsyncGenerator[AnyEvent, None]:
+        """One connection from ``place``: its new events until the stream is over (it
+        returns) or the connection is lost (it raises what `stream` reconnects on)."""
+        client = self._client
+        async with client._http.stream(
+            "GET",
+            path,
+            headers=_stream_headers(place.cursor),
+            timeout=httpx.Timeout(client.timeout, read=None),
+        ) as response:
+            if response.status_code == 204:
+                return  # nothing after the cursor, and the run has ended
+            if response.status_code >= 400:
+                await _raise_for_status(response)
+            async with aclosing(_items(response, client.stale_after)) as items:
+                async for item in items:
+                    event = place.new_event(item)
+                    if event is None:
+                        continue
+                    yield event
+                    place.delivered(event)
+                    if until_terminal and event.is_terminal:
+                        return
+            raise _Retryable("the server closed the stream")
+
+    async def _pause(self, path: str, place: _Place, exc: Exception) -> None:
+        """Wait before the next connection; `StreamError` once retries ran out."""
+        client = self._client
+        if place.failures >= client.max_retries:
+            raise StreamError(
+                f"stream {path} lost after {place.failures + 1} attempts: {exc}", place.cursor
+            ) from exc
+        floor = exc.floor_s if isinstance(exc, _Retryable) else 0.0
+        # A live connection closed by the server (it caps connection age) is routine:
+        # come back after the server's retry delay, no more.
+        delay = 0.0 if place.alive else client._backoff(place.failures)
+        await asyncio.sleep(max(floor, place.retry_floor_s, delay))
+        if not place.alive:
+            place.failures += 1
+
+
+@dataclass(slots=True)
+class _Place:
+    """Where a stream is across its connections, and how its reconnects back off."""
+
+    cursor: int | None  # the id of the last event delivered
+    failures: int = 0  # consecutive connections that delivered nothing
+    retry_floor_s: float = 0.0  # the server's ``retry:``
+    alive: bool = False  # the current connection delivered an event or a heartbeat
+
+    def new_event(self, item: SSEItem) -> AnyEvent | None:
+        """The event `item` carries if it was not delivered yet; None for anything else."""
+        if isinstance(item, SSERetry):
+            self.retry_floor_s = item.ms / 1000
+            return None
+        if isinstance(item, SSEComment):
+            # Heartbeats are proof of life, not something to deliver.
+            self.alive, self.failures = True, 0
+            return None
+        if item.event == "error" and item.id is None:
+            # The server lost a backend mid-stream; it closes next. Not an event of the
+            # run: reconnect, and say why if retries run out.
+            raise _Retryable(f"server error: {_error_message(item)}")
+        event = _event(item)
+        if event.id is not None and self.cursor is not None and event.id <= self.cursor:
+            return None  # already delivered before a reconnect
+        return event
+
+    def delivered(self, event: AnyEvent) -> None:
+        if event.id is not None:
+            self.cursor = event.id
+        if not isinstance(event, StreamGap):
+            self.alive, self.failures = True, 0
+
+
+async def _raise_for_status(response: httpx.Response) -> NoReturn:
+    """Raise for an error answer: `_Retryable` for 429 and 5xx, else the API's error."""
+    body = await response.aread()
+    error = api_error(response.status_code, body)
+    if _retryable_status(response.status_code):
+        raise _Retryable(str(error), _retry_after_s(response))
+    raise error
 
 
 async def _items(response: httpx.Response, stale_after: float) -> AsyncGenerator[SSEItem, None]:

@@ -69,29 +69,12 @@ class Runs:
 
         `retry_of`: the run this one retries (same tool, input and session), kept on it.
         """
-        if session_id is not None and not valid_id(session_id):
-            raise BadRequest("session_id must be 1-128 of A-Z a-z 0-9 . _ : -", "session_id")
-        if idempotency_key is not None and not valid_id(idempotency_key):
-            raise BadRequest(
-                "Idempotency-Key must be 1-128 of A-Z a-z 0-9 . _ : -", "Idempotency-Key"
-            )
-        try:
-            input_json = orjson.dumps(dict(input)).decode()
-        except orjson.JSONEncodeError as exc:
-            # Valid JSON can still be unstorable: integers past 64 bits, lone surrogates.
-            raise BadRequest(f"input cannot be stored as JSON: {exc}", "input") from None
+        input_json = _storable(input, session_id, idempotency_key)
         run_id = new_id("run")
         if idempotency_key is not None:
-            bound = await self.store.claim_idempotency(
-                owner, idempotency_key, run_id, _IDEMPOTENCY_TTL_S
-            )
-            if bound != run_id:
-                existing = await self.store.get_run(bound)
-                if existing is not None:
-                    return existing, False
-                # The first request died between binding the key and storing the run:
-                # take the binding over rather than failing forever.
-                run_id = bound
+            run_id, existing = await self._bind(owner, idempotency_key, run_id)
+            if existing is not None:
+                return existing, False
         if self._max_active is not None:
             await self._admit(owner, run_id, self._max_active)
         session_id = session_id or new_id("sess")
@@ -112,6 +95,19 @@ class Runs:
         body = encode_body(
             run_id, session_id, "run.queued", {"tool": tool, "input": input, "attempt": 1}, now
         )
+        return await self._store(fields, body)
+
+    async def _bind(self, owner: str, key: str, run_id: str) -> tuple[str, RunRecord | None]:
+        """Bind the Idempotency-Key to `run_id`: (the bound run id, its run if it exists)."""
+        bound = await self.store.claim_idempotency(owner, key, run_id, _IDEMPOTENCY_TTL_S)
+        if bound == run_id:
+            return run_id, None
+        # None: the first request died between binding the key and storing the run; its
+        # id is taken over rather than failing forever.
+        return bound, await self.store.get_run(bound)
+
+    async def _store(self, fields: dict[str, str], body: bytes) -> tuple[RunRecord, bool]:
+        run_id, owner = fields["run_id"], fields["owner"]
         # Scheduled before it exists, so a crash after create but before publish is
         # found by the reaper and republished (see workers.reaper).
         await self.scheduler.schedule(run_id, time.time() + self._publish_grace_s)
@@ -197,8 +193,11 @@ class Runs:
         self, run: RunRecord, type_: str, data: Mapping[str, Any], *, worker: str | None = None
     ) -> int:
         """A non-lifecycle event (output, tool, custom.*) from whoever runs the run now."""
-        expect = _holder(run, worker)
-        return await self.append(run, type_, data, Transition(_RUNNING, expect=expect))
+        return await self.append(run, type_, data, self.emit_rule(run, worker))
+
+    def emit_rule(self, run: RunRecord, worker: str | None) -> Transition:
+        """The rule of `emit`: the run is running, held by `worker` and this attempt."""
+        return Transition(_RUNNING, expect=_holder(run, worker))
 
     async def start(self, run: RunRecord, *, worker: str, lease_until: float) -> RunRecord | None:
         """Claim a queued run for `worker`; None when someone else has it or it ended."""
@@ -317,6 +316,19 @@ class Runs:
             with contextlib.suppress(AppendRefused):
                 await self.finish(run, RunStatus.CANCELLED, reason=reason)
         return await self.get(run.run_id)
+
+
+def _storable(input: Mapping[str, Any], session_id: str | None, idempotency_key: str | None) -> str:
+    """The input as stored JSON; `BadRequest` naming the field that cannot be stored."""
+    if session_id is not None and not valid_id(session_id):
+        raise BadRequest("session_id must be 1-128 of A-Z a-z 0-9 . _ : -", "session_id")
+    if idempotency_key is not None and not valid_id(idempotency_key):
+        raise BadRequest("Idempotency-Key must be 1-128 of A-Z a-z 0-9 . _ : -", "Idempotency-Key")
+    try:
+        return orjson.dumps(dict(input)).decode()
+    except orjson.JSONEncodeError as exc:
+        # Valid JSON can still be unstorable: integers past 64 bits, lone surrogates.
+        raise BadRequest(f"input cannot be stored as JSON: {exc}", "input") from None
 
 
 def _holder(run: RunRecord, worker: str | None) -> dict[str, str]:

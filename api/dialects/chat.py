@@ -206,7 +206,7 @@ async def _fold(state: ApiState, run: RunRecord, key: str, cursor: int) -> Messa
                 break
             message.feed(item)
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
     return message
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -57,40 +57,25 @@ def stream_response(
     """
     if release is None:
         release = state.slots.acquire(owner)
-    runtime = state.runtime
     body = event_stream(
-        runtime.log,
         state.hub,
-        runtime.settings,
+        state.runtime.settings,
         key,
         cursor,
         until_terminal=until_terminal,
         fmt=fmt,
+        before=before,
     )
-    finished = False
-
-    async def framed() -> AsyncIterator[bytes]:
-        nonlocal finished
-        try:
-            first = True
-            async for chunk in body:
-                yield chunk
-                if first and before:
-                    yield before
-                first = False
-            finished = True
-        finally:
-            await body.aclose()  # type: ignore[attr-defined]
 
     def close() -> None:
         assert release is not None
         release()
-        if not finished and on_abandon is not None:
+        if not body.ended and on_abandon is not None:
             task = asyncio.create_task(_quietly(on_abandon))
             _background.add(task)
             task.add_done_callback(_background.discard)
 
-    return EventStreamResponse(framed(), on_close=close, headers=headers)
+    return EventStreamResponse(body, on_close=close, headers=headers)
 
 
 async def _quietly(action: Callable[[], Any]) -> None:

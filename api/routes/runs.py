@@ -74,7 +74,7 @@ def _run_stream(state: ApiState, owner: str, run: RunRecord, cursor: int) -> Res
     release = state.slots.acquire(owner)
     runtime = state.runtime
     key = runtime.log.keys.run_log(run.session_id, run.run_id)
-    body = event_stream(runtime.log, state.hub, runtime.settings, key, cursor, until_terminal=True)
+    body = event_stream(state.hub, runtime.settings, key, cursor, until_terminal=True)
     return EventStreamResponse(body, on_close=release)
 
 
@@ -194,9 +194,8 @@ async def _json_page(state: ApiState, run: RunRecord, cursor: int, limit: int) -
     log = state.runtime.log
     page = await log.read(log.keys.run_log(run.session_id, run.run_id), cursor, limit)
     next_cursor = page.events[-1].id if page.events else cursor
-    gap = None
-    if page.events and page.events[0].id > cursor + 1:
-        gap = {"from": cursor + 1, "to": page.events[0].id - 1}
+    gap = page.gap(cursor)
+    if gap is not None:
         metrics.GAPS.inc()
     head = b'{"events":[' + b",".join(e.json for e in page.events) + b"],"
     # Status comes from the record read before the page: a run that ended in between
@@ -207,6 +206,6 @@ async def _json_page(state: ApiState, run: RunRecord, cursor: int, limit: int) -
         "last_id": page.last_id,
         "status": run.status.value,
         "has_more": page.last_id > next_cursor,
-        "gap": gap,
+        "gap": None if gap is None else {"from": gap.first, "to": gap.last},
     }
     return Response(head + orjson.dumps(tail)[1:], media_type="application/json")

@@ -32,5 +32,5 @@ async def session_events(session_id: str, request: Request, state: State, owner:
     if cursor > 0:
         check_cursor(cursor, (await log.read(key, cursor, 1)).last_id)
     release = state.slots.acquire(owner)
-    body = event_stream(log, state.hub, state.runtime.settings, key, cursor, until_terminal=False)
+    body = event_stream(state.hub, state.runtime.settings, key, cursor, until_terminal=False)
     return EventStreamResponse(body, on_close=release)

@@ -10,31 +10,24 @@ duplicate, by construction.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import NamedTuple
+from collections.abc import AsyncGenerator
 
 from shared.eventlog.base import EventLog
-from shared.models import TERMINAL_EVENTS, StoredEvent
+from shared.models import PAGE_SIZE, TERMINAL_EVENTS, Gap, StoredEvent
 
-PAGE = 500
-
-
-class Gap(NamedTuple):
-    """Events `first`..`last` were trimmed or expired before the reader got to them."""
-
-    first: int
-    last: int
+__all__ = ["Gap", "follow", "replay"]
 
 
 async def replay(
-    log: EventLog, key: str, after: int, *, page: int = PAGE
-) -> AsyncIterator[StoredEvent | Gap]:
+    log: EventLog, key: str, after: int, *, page: int = PAGE_SIZE
+) -> AsyncGenerator[StoredEvent | Gap, None]:
     """Everything retained after `after`, reporting a gap once if the cursor is too old."""
     cursor = after
     while True:
         batch = await log.read(key, cursor, page)
-        if batch.events and batch.events[0].id > cursor + 1:
-            yield Gap(cursor + 1, batch.events[0].id - 1)
+        gap = batch.gap(cursor)
+        if gap is not None:
+            yield gap
         for event in batch.events:
             yield event
             cursor = event.id
@@ -44,7 +37,7 @@ async def replay(
 
 async def follow(
     log: EventLog, key: str, after: int, *, wait_s: float = 1.0, until_terminal: bool = True
-) -> AsyncIterator[StoredEvent | Gap]:
+) -> AsyncGenerator[StoredEvent | Gap, None]:
     """Replay, then live events, ending after a terminal event when `until_terminal`."""
     cursor = after
     async for item in replay(log, key, cursor):
@@ -54,7 +47,7 @@ async def follow(
             if until_terminal and item.type in TERMINAL_EVENTS:
                 return
     while True:
-        found = await log.wait({key: cursor}, wait_s, PAGE)
+        found = await log.wait({key: cursor}, wait_s, PAGE_SIZE)
         for event in found.get(key, []):
             if event.id != cursor + 1:
                 # Trimmed while we waited: fall back to a replay, which reports the gap.

@@ -1,0 +1,43 @@
+"""What the stream code assumes of the server and the app around it, each named once.
+
+An upgrade of uvicorn or Starlette may break any of these quietly: the streams would
+still work in the tests that only read them, but write half frames or hold every
+idle stream's frames. tests/api/test_server_assumptions.py checks each one against
+the real server and the real app, so such an upgrade fails there first.
+
+1. `send_if_ready`: uvicorn's `send` waits (for flow control) only *before* it writes.
+2. `RAW_SEND`, `DETACH`: `api.middleware.AccessLog` is the outermost of our middleware
+   (`api.app.create_app` adds it last). Only the framework's own layers (Starlette's
+   and FastAPI's error handling, telemetry, body limit) sit outside it; they pass the
+   scope on and await the server's `send`, so point 1 holds through them. AccessLog
+   puts that `send` in the scope, and a place where a response hands over the long
+   phase of its stream, to run once the app's frames are gone.
+"""
+
+from __future__ import annotations
+
+from starlette.types import Message, Send
+
+# Scope keys AccessLog sets for every HTTP request (see the module doc, point 2).
+RAW_SEND = "runrelay.send"  # the server's own `send`, under no middleware of ours
+DETACH = "runrelay.detach"  # call with an `api.middleware.Detached` to run it after the app
+
+
+def send_if_ready(send: Send, message: Message) -> bool:
+    """Send `message` now if the connection takes it without waiting; False: not sent.
+
+    This steps the `send` coroutine by hand, once. uvicorn's `send` awaits its flow
+    control (a client whose buffer is full) before it writes anything, and otherwise
+    writes and returns without suspending. So one step either completes the write or
+    stops before it; closing the coroutine there drops the message whole, and the
+    caller may send it later with an ordinary ``await``.
+    """
+    step = send(message).__await__()
+    try:
+        step.send(None)
+    except StopIteration:
+        return True
+    except Exception:
+        return False  # the caller's own write will meet (and report) the same
+    step.close()  # it would wait for the client to drain: nothing was written
+    return False

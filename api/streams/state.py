@@ -1,0 +1,227 @@
+"""One stream's state machine: replay after the cursor, then live frames from the hub.
+
+Phases: ``retry:`` (and a dialect's `before`); replay pages until caught up; live
+frames from the hub's subscription; ``: ping`` after ``heartbeat_s`` of silence
+(never moving the cursor); the end after the terminal event, or at an event boundary
+once the connection is older than ``max_connection_s``.
+
+The cursor is the only state that matters. Frames at or below it are skipped; a
+frame past ``cursor + 1`` means something was missed (the subscriber overflowed or
+joined a follow that was ahead), so the hole is read from the log first. Hence no
+loss and no repeat, whatever the hub does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+from api import metrics, sse
+from api.streams.format import StreamFormat
+from api.streams.heartbeat import heartbeats
+from api.tail import Batch, Frame, Subscription, TailHub
+from shared.errors import BackendUnavailable
+from shared.models import PAGE_SIZE, TERMINAL_EVENTS, Gap
+from shared.settings import Settings
+
+
+class StreamState:
+    """The cursor of one response and the phases that move it; `run()` yields its bytes."""
+
+    def __init__(
+        self,
+        hub: TailHub,
+        settings: Settings,
+        key: str,
+        cursor: int,
+        until_terminal: bool,
+        fmt: StreamFormat,
+        before: bytes = b"",
+    ) -> None:
+        self.hub = hub
+        self.key = key
+        self.cursor = cursor
+        self.until_terminal = until_terminal
+        self.fmt = fmt
+        self.before = before
+        self.heartbeat_s = settings.heartbeat_s
+        self.retry_ms = settings.retry_ms
+        self.loop = asyncio.get_running_loop()
+        self.deadline = self.loop.time() + settings.max_connection_s
+        self.last_sent = self.loop.time()
+        self.done = False  # the terminal event went out
+        self.ended = False  # `run()` finished by itself (not closed from outside)
+        self.wake_at = 0.0
+        self.sub: Subscription | None = None
+        # Set while a connection is bound (api.streams.direct_write): the hub may write
+        # batches itself while this stream is parked.
+        self.direct: Callable[[Batch], bool] | None = None
+
+    def aged(self) -> bool:
+        return self.loop.time() >= self.deadline
+
+    async def run(self) -> AsyncGenerator[bytes, None]:
+        metrics.OPEN_STREAMS.inc()
+        try:
+            yield sse.retry(self.retry_ms)
+            if self.before:
+                yield self.before
+            if self.cursor > 0:
+                metrics.RESUMES.inc()
+            async for chunk in self.replay():
+                yield chunk
+            if not (self.done or self.aged()):
+                async for chunk in self.follow():
+                    yield chunk
+        except BackendUnavailable as exc:
+            yield self.fmt.error("backend_unavailable", str(exc))
+        finally:
+            metrics.OPEN_STREAMS.dec()
+        self.ended = True
+
+    async def read_into(self, parts: list[bytes], upto: int | None = None) -> bool:
+        """Append one page of frames after the cursor (up to `upto`); True once caught up."""
+        limit = PAGE_SIZE if upto is None else min(PAGE_SIZE, upto - self.cursor)
+        if limit <= 0:
+            return True
+        page = await self.hub.read(self.key, self.cursor, limit)
+        gap = page.gap(self.cursor, upto)
+        if gap is not None:
+            self.report_gap(parts, gap)
+        events = page.events if upto is None else [e for e in page.events if e.id <= upto]
+        if upto is not None and not events:
+            # The rest of the hole is gone (just said so): the live frame follows.
+            self.cursor = upto
+            return True
+        sent = 0
+        for event in events:
+            parts.append(self.fmt.replayed(event))
+            sent += 1
+            self.cursor = event.id
+            if self.until_terminal and event.type in TERMINAL_EVENTS:
+                self.done = True
+                break
+        metrics.EVENTS_SENT.inc(sent)
+        caught_up = upto is not None and self.cursor >= upto
+        # At the log's last id the page was the rest: no second read just to see it empty.
+        return caught_up or self.done or len(page.events) < limit or self.cursor >= page.last_id
+
+    def report_gap(self, parts: list[bytes], gap: Gap) -> None:
+        parts.append(self.fmt.gap(gap.first, gap.last))
+        metrics.GAPS.inc()
+
+    async def replay(self) -> AsyncIterator[bytes]:
+        """Pages from the log until caught up (or ended, or aged out at a boundary)."""
+        while True:
+            parts: list[bytes] = []
+            caught_up = await self.read_into(parts)
+            if parts:
+                self.last_sent = self.loop.time()
+                yield b"".join(parts)
+            if caught_up or self.done or self.aged():
+                return
+
+    async def follow(self) -> AsyncIterator[bytes]:
+        sub = await self.hub.subscribe(self.key, self.cursor, until_terminal=self.until_terminal)
+        try:
+            while True:
+                if sub.overflowed:
+                    # Too slow for the live pace (the hub counted it): read the log at our
+                    # own pace, then rejoin.
+                    self.hub.unsubscribe(sub)
+                    async for chunk in self.replay():
+                        yield chunk
+                    if self.done or self.aged():
+                        return
+                    sub = await self.hub.subscribe(
+                        self.key, self.cursor, until_terminal=self.until_terminal
+                    )
+                    continue
+                if not sub.batches:
+                    if sub.error is not None:
+                        yield self.fmt.error("backend_unavailable", str(sub.error))
+                        return
+                    if sub.closed or self.aged():
+                        return
+                    quiet = await self.idle(sub)
+                    if quiet:
+                        self.last_sent = self.loop.time()
+                        yield self.fmt.heartbeat
+                    continue
+                chunk = await self.live(sub.take())
+                if chunk:
+                    self.last_sent = self.loop.time()
+                    yield chunk
+                if self.done or self.aged():
+                    return
+        finally:
+            self.sub = None
+            self.hub.unsubscribe(sub)
+
+    async def idle(self, sub: Subscription) -> bool:
+        """Wait for frames (parked); True when a heartbeat is due instead."""
+        due = self.last_sent + self.heartbeat_s
+        wake_at = min(due, self.deadline)
+        if self.loop.time() < wake_at:
+            self.wake_at = wake_at
+            self.sub = sub
+            beats = heartbeats(self.loop)
+            beats.add(self)
+            sub.direct = self.direct
+            try:
+                await sub.wait()
+            finally:
+                sub.direct = None
+                beats.discard(self)
+            if sub.batches or sub.overflowed or sub.closed:
+                return False
+            due = self.last_sent + self.heartbeat_s  # a direct write may have gone out meanwhile
+        return self.loop.time() >= due and not self.aged()
+
+    def wake(self) -> None:
+        if self.sub is not None:
+            self.sub.wake()
+
+    async def live(self, batches: list[Batch]) -> bytes:
+        # Everything queued goes out as one chunk: one write for a burst.
+        parts: list[bytes] = []
+        sent = 0
+        native = self.fmt.native
+        for batch in batches:
+            if (
+                native
+                and batch.first == self.cursor + 1
+                and batch.contiguous
+                and (not self.until_terminal or batch.terminal_at in (-1, len(batch.frames) - 1))
+            ):
+                # The common case: the hub's bytes for the whole batch, as they are.
+                parts.append(batch.data)
+                sent += len(batch.frames)
+                self.cursor = batch.last
+                self.done = self.until_terminal and batch.terminal_at >= 0
+            else:
+                sent += await self.live_frames(batch.frames, parts)
+            if self.done:
+                break
+        metrics.EVENTS_SENT.inc(sent)
+        return b"".join(parts)
+
+    async def live_frames(self, frames: list[Frame], parts: list[bytes]) -> int:
+        """Frame by frame: skip what the cursor has seen, fill holes from the log first."""
+        sent = 0
+        for frame in frames:
+            event_id = frame.event.id
+            if event_id <= self.cursor:
+                continue
+            while event_id > self.cursor + 1 and not self.done:
+                if await self.read_into(parts, upto=event_id - 1):
+                    break
+            if self.done:
+                break
+            parts.append(self.fmt.live(frame))
+            sent += 1
+            self.cursor = event_id
+            if self.until_terminal and frame.event.type in TERMINAL_EVENTS:
+                self.done = True
+                break
+        return sent

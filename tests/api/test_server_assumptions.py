@@ -1,0 +1,105 @@
+"""What the streams lean on in uvicorn and the app's middleware (api/server_assumptions.py).
+
+Each test fails if an upgrade of uvicorn, Starlette or FastAPI (or a change to
+`create_app`) breaks an assumption, before any stream writes half a frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import pytest
+import uvloop
+from fastapi import FastAPI
+from starlette.routing import Mount
+from starlette.types import Receive, Scope, Send
+
+from api.app import create_app
+from api.middleware import AccessLog
+from api.server_assumptions import DETACH, send_if_ready
+from shared.settings import Settings
+from tests.api.conftest import TOKENS_SETTING, build_runtime
+from tests.support.http import serve_app
+
+_CHUNK = 64 * 1024
+_MAX_CHUNKS = 1024  # far more than loopback's socket buffers hold
+
+
+class _FillUntilRefused:
+    """A detached response that writes chunks with `send_if_ready` until one is refused."""
+
+    def __init__(self) -> None:
+        self.outcome: asyncio.Future[tuple[list[bytes], bytes]] = asyncio.Future()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        scope[DETACH](self)  # as api.streams.response does: the rest runs in AccessLog
+
+    async def serve(self, receive: Receive, send: Send) -> None:
+        written: list[bytes] = []
+        for n in range(_MAX_CHUNKS):
+            chunk = b"%08d" % n + b"x" * (_CHUNK - 8)
+            if not send_if_ready(send, _body(chunk)):
+                self.outcome.set_result((written, chunk))
+                break
+            written.append(chunk)
+        else:
+            self.outcome.set_exception(AssertionError("the server never made a write wait"))
+        await send(_body(b"end", more=False))  # an ordinary write: waits for the client
+
+    def abandon(self) -> None:
+        pass
+
+
+def _body(data: bytes, *, more: bool = True) -> dict[str, object]:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+def _app(make_settings: Callable[..., Settings]) -> FastAPI:
+    return create_app(build_runtime(make_settings(api_tokens=TOKENS_SETTING), "memory", None))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_uvicorn_send_either_writes_at_once_or_waits_before_writing(
+    make_settings: Callable[..., Settings], loop: str
+) -> None:
+    """The direct write's premise: a write that would wait has written nothing yet.
+
+    A client that stops reading fills the socket; the first refused chunk must not
+    reach the client, and every accepted one must, once, in order.
+    """
+
+    async def scenario() -> None:
+        app = _app(make_settings)
+        probe = _FillUntilRefused()
+        app.router.routes.append(Mount("/probe", app=probe))
+        async with (
+            serve_app(app) as url,
+            httpx.AsyncClient(base_url=url) as http,
+            http.stream("GET", "/probe/") as response,
+        ):
+            async with asyncio.timeout(20):
+                written, refused = await probe.outcome  # the client has not read on
+            received = await response.aread()
+        assert written, "the first write should not have had to wait"
+        assert refused[:8] not in received, "a refused write reached the client"
+        assert received == b"".join(written) + b"end"
+
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(scenario())
+
+
+def test_access_log_is_the_outermost_middleware(make_settings: Callable[..., Settings]) -> None:
+    """A detached stream runs in AccessLog after the app returned, writing to the `send`
+    AccessLog was given: no middleware of ours may sit outside it. The framework's own
+    (error handling, telemetry, body limit) do, and only await the server's `send`; the
+    test above writes through them."""
+    layer = _app(make_settings).build_middleware_stack()
+    for _ in range(20):
+        if type(layer).__module__.split(".")[0] not in {"starlette", "fastapi"}:
+            break
+        layer = layer.app  # type: ignore[attr-defined]
+    assert isinstance(layer, AccessLog), f"outermost of ours: {type(layer).__name__}"
