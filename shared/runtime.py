@@ -109,6 +109,8 @@ def naming_setting(name: str) -> Iterator[None]:
     try:
         yield
     except BackendUnavailable as exc:
+        if name in str(exc):  # the backend named it already
+            raise
         raise BackendUnavailable(f"{exc} (check {name})") from exc
 
 
