@@ -58,6 +58,7 @@ class Settings(BaseSettings):
 
     # Backends: unset means "embedded" (only `runrelay dev` accepts that).
     redis_url: str | None = None
+    # Several URLs, comma-separated, are the nodes of one RabbitMQ cluster, tried in order.
     amqp_url: str | None = None
     key_prefix: str = Field(default="runrelay:", min_length=1, max_length=64)
 
