@@ -453,14 +453,12 @@ async def test_rabbit_consumers_resume_and_persistent_messages_survive_a_broker_
 
         await asyncio.to_thread(node.start)
 
-        async def published_after() -> bool:
-            try:
-                await broker.publish_run(b"after")
-            except PublishFailed:
-                return False
-            return True
-
-        await wait_for(published_after, timeout=30, interval=0.2, message="publish after restart")
+        await wait_for(
+            functools.partial(publishes, broker, b"after"),
+            timeout=30,
+            interval=0.2,
+            message="publish after restart",
+        )
         await wait_for(lambda: len(runs.seen) == 2, timeout=30, message="consumer resumed")
         completions = Recorder()
         await broker.consume_completions(completions, prefetch=1)
@@ -522,14 +520,12 @@ async def test_rabbit_with_several_urls_starts_on_one_that_answers_and_reconnect
                 first.refuse_new(True)
                 await first.cut_all()  # that node is gone for good
 
-                async def published() -> bool:
-                    try:
-                        await broker.publish_run(b"after the node went away")
-                    except PublishFailed:
-                        return False
-                    return True
-
-                await wait_for(published, timeout=20, interval=0.1, message="never reconnected")
+                await wait_for(
+                    functools.partial(publishes, broker, b"after the node went away"),
+                    timeout=20,
+                    interval=0.1,
+                    message="never reconnected",
+                )
                 await wait_for(lambda: runs.seen, timeout=20, message="the consumer never resumed")
                 assert second.active_connections == 1
             finally:
@@ -538,3 +534,12 @@ async def test_rabbit_with_several_urls_starts_on_one_that_answers_and_reconnect
 
 def amqp_port(url: str) -> int:
     return urlsplit(url).port or 5672
+
+
+async def publishes(broker: Broker, body: bytes) -> bool:
+    """Publish a run request; False while the broker cannot take it (reconnecting)."""
+    try:
+        await broker.publish_run(body)
+    except PublishFailed:
+        return False
+    return True
