@@ -22,8 +22,9 @@ from api import dashboard, dialects
 from api.auth import Authenticator
 from api.catalogue import ToolCatalogue
 from api.deps import ApiState
+from api.ds import routes as ds
 from api.errors import Unauthorized
-from api.middleware import AccessLog, BodyLimit
+from api.middleware import AccessLog, BodyLimit, Cors
 from api.responses import JSONResponse, error_response
 from api.routes import dead, health, operations, runs, sessions, status, tools
 from api.streams import StreamSlots
@@ -137,7 +138,12 @@ def create_app(
     app.include_router(operations.router)
     for router in dialects.ROUTERS:
         app.include_router(router)
-    # Outermost last: the access log sees every answer, including a 413.
+    app.include_router(ds.router)  # last: its catch-all path must not shadow other routes
+    # Outermost last: the access log sees every answer, including a 413 and a preflight.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.cors_origins:
+        # Inside AccessLog, which must stay outermost (it runs detached event streams):
+        # a stream's start still passes through here and gets its CORS headers.
+        app.add_middleware(Cors, origins=settings.cors_origins)
     app.add_middleware(AccessLog)
     return app

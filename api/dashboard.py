@@ -21,6 +21,7 @@ _TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
 }
 # Revalidate every time: a page cached across an upgrade would speak an old protocol.
 _HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
@@ -37,6 +38,11 @@ def _asset(name: str) -> Response:
 @router.get("/")
 async def dashboard() -> Response:
     return _asset("dashboard.html")
+
+
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    return _asset("favicon.svg")
 
 
 @router.get("/_dashboard/{name}")

@@ -1,4 +1,5 @@
-"""ASGI middleware: bounded request bodies (413) and an access log that redacts tokens."""
+"""ASGI middleware: bounded request bodies (413), an access log that redacts tokens, and
+the options of Starlette's CORS middleware."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Protocol
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.server_assumptions import DETACH, RAW_SEND
@@ -15,6 +17,29 @@ from api.server_assumptions import DETACH, RAW_SEND
 access_log = logging.getLogger("runrelay.api.access")
 
 _REDACTED = "REDACTED"
+
+# What a browser page on another origin sends: the token, a retry-safe create, a resumed
+# stream (a fetch-based SSE client sends Last-Event-ID itself), JSON bodies.
+CORS_REQUEST_HEADERS = ["Authorization", "Idempotency-Key", "Last-Event-ID", "Content-Type"]
+# What it reads beyond the safelisted ones: the AI SDK checks the chat stream's marker;
+# a 401 says how to authenticate.
+CORS_EXPOSED_HEADERS = ["x-vercel-ai-ui-message-stream", "WWW-Authenticate"]
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS middleware, configured for bearer tokens (never cookies)."""
+
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
+        super().__init__(
+            app,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            # Credentials are headers or ?access_token=, never cookies: a `*` stays safe.
+            allow_credentials=False,
+            max_age=600,
+        )
 
 
 def _error_body(status: int, code: str, message: str) -> tuple[int, bytes]:

@@ -16,8 +16,10 @@ import importlib
 import inspect
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,7 +31,7 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 from rich.table import Table
 
 from runrelay.client import DEFAULT_URL, Run, RunRelay
-from runrelay.errors import APIError, RunRelayClientError, StreamError
+from runrelay.errors import APIConnectionError, APIError, RunRelayClientError, StreamError
 from runrelay.events import (
     AnyEvent,
     MessageCompleted,
@@ -59,7 +61,8 @@ EXIT_RUN_CANCELLED = 3
 EXIT_API_ERROR = 4
 EXIT_INTERRUPTED = 130
 
-# One-shot commands give up quickly; following a stream rides out an API restart.
+# Requests give up quickly (an unreachable URL fails in about a second, naming it);
+# a stream that reached the API once rides out an API restart.
 ONESHOT_RETRIES = 2
 STREAM_RETRIES = 8
 
@@ -103,7 +106,10 @@ def _parse_input(value: str) -> dict[str, Any]:
 
 
 def _client_command(
-    url: str, token: str | None, action: Callable[[RunRelay], Awaitable[int]], retries: int
+    url: str,
+    token: str | None,
+    action: Callable[[RunRelay], Awaitable[int]],
+    retries: int = ONESHOT_RETRIES,
 ) -> None:
     """Run ``action`` with a client, turning SDK errors and Ctrl-C into exit codes."""
 
@@ -121,6 +127,10 @@ def _client_command(
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         if exc.last_event_id is not None:
             err.print(f"resume with --since {exc.last_event_id}")
+        code = EXIT_API_ERROR
+    except APIConnectionError as exc:
+        reason = exc.__cause__ or exc
+        err.print(f"[red]error:[/red] cannot reach the API at {escape(url)}: {escape(str(reason))}")
         code = EXIT_API_ERROR
     except RunRelayClientError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))} [dim](is the API at {url}?)[/dim]")
@@ -171,7 +181,7 @@ def run(
             return EXIT_OK
         return await _follow(client, created.run_id, None, _resume_options(url, token))
 
-    _client_command(url, token, action, STREAM_RETRIES if follow else ONESHOT_RETRIES)
+    _client_command(url, token, action)
 
 
 @app.command()
@@ -190,9 +200,12 @@ def tail(
     Exit code: 0 completed, 1 failed, 3 cancelled, 4 API error, 130 interrupted.
     """
     options = _resume_options(url, token)
-    _client_command(
-        url, token, lambda client: _follow(client, run_id, since, options), STREAM_RETRIES
-    )
+
+    async def action(client: RunRelay) -> int:
+        await client.runs.get(run_id)  # reachable, and the run exists: fail fast otherwise
+        return await _follow(client, run_id, since, options)
+
+    _client_command(url, token, action)
 
 
 @app.command()
@@ -223,7 +236,7 @@ def status(
             _print_record(body)
         return EXIT_OK
 
-    _client_command(url, token, action, ONESHOT_RETRIES)
+    _client_command(url, token, action)
 
 
 @app.command()
@@ -242,7 +255,7 @@ def cancel(
         print(f"{record.run_id} {record.status}")
         return EXIT_OK
 
-    _client_command(url, token, action, ONESHOT_RETRIES)
+    _client_command(url, token, action)
 
 
 @app.command()
@@ -271,7 +284,7 @@ def tools(
         Console(highlight=False).print(table)
         return EXIT_OK
 
-    _client_command(url, token, action, ONESHOT_RETRIES)
+    _client_command(url, token, action)
 
 
 dead_app = typer.Typer(
@@ -315,7 +328,7 @@ def dead_list(
         Console(highlight=False).print(table)
         return EXIT_OK
 
-    _client_command(url, token, action, ONESHOT_RETRIES)
+    _client_command(url, token, action)
 
 
 @dead_app.command("replay")
@@ -356,7 +369,7 @@ def dead_purge(
         print(f"purged {body['purged']} dead letters")
         return EXIT_OK
 
-    _client_command(url, token, action, ONESHOT_RETRIES)
+    _client_command(url, token, action)
 
 
 def _input_fields(schema: dict[str, Any]) -> str:
@@ -480,6 +493,8 @@ def _resume_options(url: str, token: str | None) -> str:
 
 
 async def _follow(client: RunRelay, run_id: str, since: int | None, options: str = "") -> int:
+    # The API answered already: from here a refused connection is a restart to ride out.
+    client.max_retries = STREAM_RETRIES
     err = _stderr()
     follower = _Follower(err)
     err.print(f"[dim]following run {escape(run_id)}[/dim]")
@@ -509,29 +524,69 @@ async def _follow(client: RunRelay, run_id: str, since: int | None, options: str
 # --- status rendering --------------------------------------------------------------
 
 
+def _when(value: object) -> str:
+    """Every timestamp the CLI prints, one format: ``2026-01-02 03:04:05Z`` (UTC).
+
+    The API sends ISO strings for run times and unix seconds for heartbeats.
+    """
+    if isinstance(value, int | float):
+        moment = datetime.fromtimestamp(value, UTC)
+    elif isinstance(value, str) and value:
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    else:
+        return ""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _ago(value: object) -> str:
+    """Unix seconds as an age: ``3s ago``."""
+    if not isinstance(value, int | float):
+        return ""
+    return f"{max(0.0, time.time() - value):.0f}s ago"
+
+
 def _print_service_status(body: dict[str, Any]) -> None:
+    # Sized for an 80-column terminal: fixed columns, lists joined, times in one format.
     out = Console(highlight=False)
     queues = Table("queue", "messages", "consumers", title="Queues", title_justify="left")
     for queue in body.get("queues", []):
-        queues.add_row(*(str(queue.get(k, "")) for k in ("name", "messages", "consumers")))
+        queues.add_row(*(escape(str(queue.get(k, ""))) for k in ("name", "messages", "consumers")))
     out.print(queues)
-    workers: list[dict[str, Any]] = body.get("workers", [])
-    columns = ["worker_id", "last_seen"]
-    columns += sorted({k for w in workers for k in w} - set(columns))
-    table = Table(*columns, title="Workers", title_justify="left")
-    for worker in workers:
-        table.add_row(*(escape(str(worker.get(k, ""))) for k in columns))
-    out.print(table)
+    workers = Table(title="Workers", title_justify="left")
+    workers.add_column("worker", no_wrap=True)  # the id to copy whole
+    workers.add_column("runs", justify="right")
+    workers.add_column("started", no_wrap=True)
+    workers.add_column("seen", justify="right", no_wrap=True)  # an age, like `dead list`
+    workers.add_column("tools")
+    for worker in body.get("workers", []):
+        workers.add_row(
+            escape(str(worker.get("worker_id", ""))),
+            f"{worker.get('active', '?')}/{worker.get('concurrency', '?')}",
+            _when(worker.get("started_at")),
+            _ago(worker.get("last_seen")),
+            escape(", ".join(worker.get("tools") or [])),
+        )
+    out.print(workers)
     runs = Table("status", "runs", title="Runs by status", title_justify="left")
     for name, count in body.get("runs_by_status", {}).items():
         runs.add_row(escape(str(name)), str(count))
+    if not body.get("runs_by_status"):
+        runs.add_row("[dim]none[/dim]", "0")
     out.print(runs)
 
 
 def _print_record(record: dict[str, Any]) -> None:
     table = Table("field", "value", show_header=False, box=None)
     for key, value in record.items():
-        shown = orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
+        if key.endswith("_at"):
+            shown = _when(value)
+        elif isinstance(value, dict | list):
+            shown = orjson.dumps(value).decode()
+        else:
+            shown = str(value)
         table.add_row(f"[bold]{escape(key)}[/bold]", escape(shown))
     Console(highlight=False).print(table)
 

@@ -57,7 +57,14 @@ class Settings(BaseSettings):
     )
 
     # Backends: unset means "embedded" (only `runrelay dev` accepts that).
+    # redis://host:port/db for one node; redis+cluster://h1:p1,h2:p2 (seed nodes) for a
+    # Redis Cluster, or RUNRELAY_REDIS_CLUSTER=1 with a redis:// seed.
     redis_url: str | None = None
+    redis_cluster: bool = False
+    # Each append waits (WAIT) until this many replicas have it; 0 = Redis's default
+    # asynchronous replication (see docs/scaling.md for what a failover may lose).
+    redis_min_replicas: int = Field(default=0, ge=0, le=16)
+    redis_min_replicas_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
     # Several URLs, comma-separated, are the nodes of one RabbitMQ cluster, tried in order.
     amqp_url: str | None = None
     key_prefix: str = Field(default="runrelay:", min_length=1, max_length=64)
@@ -73,6 +80,9 @@ class Settings(BaseSettings):
     subscriber_buffer: int = Field(default=1024, ge=8)
     max_streams_per_owner: int = Field(default=200, ge=1)
     max_active_runs_per_owner: int = Field(default=1000, ge=1)
+    # Durable Streams (/ds/): how long a long-poll waits, how long one SSE response lives.
+    ds_long_poll_s: float = Field(default=20.0, gt=0)
+    ds_sse_max_s: float = Field(default=60.0, gt=0)
 
     # Auth and input bounds.
     api_tokens: SecretStr | None = None
@@ -81,6 +91,8 @@ class Settings(BaseSettings):
     # Owners who may use the operator routes (dead letters, status); all in open mode.
     admin_owners: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Browser origins (scheme://host[:port], comma-separated, or *) allowed to call the API.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # The webhook's X-API-Key; CHAT_INTERNAL_API_KEY is the name existing services use.
     internal_api_key: SecretStr | None = Field(
         default=None,
@@ -98,6 +110,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     publish_grace_s: float = Field(default=30.0, gt=0)
     tools: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long a worker may hold an emitted chunk to batch it with others while earlier
+    # appends are in flight (an idle worker sends at once): see shared/appender.py.
+    append_linger_ms: float = Field(default=1.0, ge=0, le=1000)
 
     # Delegated operations.
     generator_url: str = "http://127.0.0.1:8001"
@@ -115,7 +130,31 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = None
     llm_model: str = "gpt-4o-mini"
 
-    @field_validator("tools", "admin_owners", mode="before")
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        schemes = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+        if not value.startswith(schemes):
+            raise ValueError(f"must start with one of {', '.join(schemes)}")
+        if "+cluster://" in value:
+            hosts = value.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+            for host in hosts.split(","):
+                _, sep, port = host.strip().rpartition(":")
+                if not sep or not port.isdigit():
+                    raise ValueError(f"cluster seed {host.strip()!r} must be host:port")
+        return value
+
+    def redis_target(self) -> str | None:
+        """The Redis URL as the backend takes it: the cluster form when RUNRELAY_REDIS_CLUSTER."""
+        url = self.redis_url
+        if url is not None and self.redis_cluster and "+cluster://" not in url:
+            scheme, rest = url.split("://", 1)
+            return f"{scheme}+cluster://{rest}"
+        return url
+
+    @field_validator("tools", "admin_owners", "cors_origins", mode="before")
     @classmethod
     def _split_tools(cls, value: object) -> object:
         if isinstance(value, str):

@@ -51,10 +51,26 @@ COMPOSE_SERVICE_KEYS = {
 
 # What each setting means: one line each, for operators.
 MEANINGS: dict[str, str] = {
-    "redis_url": "Redis for event logs and run records, e.g. `redis://host:6379/0`. "
+    "redis_url": "Redis for event logs and run records, e.g. `redis://host:6379/0`; a Redis "
+    "Cluster as `redis+cluster://h1:p1,h2:p2` (seed nodes). "
     "Unset: only `runrelay dev` starts (embedded).",
+    "append_linger_ms": "How long a worker may hold a chunk to batch it with others of the "
+    "same run (a quiet run's chunk goes out at once).",
+    "ds_long_poll_s": "How long a Durable Streams `live=long-poll` read waits for data "
+    "before it answers 204.",
+    "ds_sse_max_s": "How long a Durable Streams `live=sse` response stays open before the "
+    "server closes it (clients resume from the last offset).",
+    "redis_cluster": "`1`: treat a `redis://` URL as a Redis Cluster seed "
+    "(same as `redis+cluster://`).",
+    "redis_min_replicas": "Each append waits until this many replicas acknowledged it "
+    "(`WAIT`); 0 = asynchronous replication. See docs/scaling.md.",
+    "redis_min_replicas_timeout_ms": "How long an append waits for those replicas before "
+    "it counts as a backend error (the attempt is retried).",
     "amqp_url": "RabbitMQ for the run queue and completions, e.g. "
-    "`amqp://user:pass@host:5672/`. Unset: only `runrelay dev` starts (embedded).",
+    "`amqp://user:pass@host:5672/`. For a cluster, its nodes' URLs comma-separated "
+    "(`amqp://u:p@rmq1:5672/,amqp://u:p@rmq2:5672/`; a comma in a password is `%2C`): a "
+    "process connects to the first that answers and, when its node goes away, reconnects "
+    "to the next in turn (see docs/scaling.md). Unset: only `runrelay dev` starts (embedded).",
     "key_prefix": "Prefix of every Redis key; two deployments with different prefixes share "
     "one Redis without seeing each other.",
     "stream_ttl_s": "How long a run's log and record are kept after the run ends (refreshed "
@@ -81,6 +97,8 @@ MEANINGS: dict[str, str] = {
     "`/v1/dead`, `/v1/status`, `runrelay dead`, `runrelay status` (403 for others). "
     "Everyone in open mode.",
     "max_body_bytes": "Largest request body accepted (413 beyond).",
+    "cors_origins": "Browser origins allowed to call the API from other pages, comma-separated "
+    "(`https://chat.example.com,http://localhost:3000`, or `*`). Unset: no CORS headers.",
     "internal_api_key": "`X-API-Key` the operations webhook requires (503 when unset); "
     "`CHAT_INTERNAL_API_KEY` is accepted too (secret).",
     "worker_concurrency": "Runs one worker executes at once (also its RabbitMQ prefetch).",
@@ -238,6 +256,19 @@ def test_compose_app_services_run_real_commands_on_real_settings() -> None:
         assert set(environment) <= known, f"{name}: unknown settings {set(environment) - known}"
         assert environment["RUNRELAY_REDIS_URL"].startswith("redis://redis:")
         assert "@rabbitmq:" in environment["RUNRELAY_AMQP_URL"]
+        # Every RUNRELAY_* in .env reaches the container, and a missing .env is no error.
+        assert {"path": ".env", "required": False} in service["env_file"], name
+
+
+def test_compose_has_no_default_webhook_key() -> None:
+    """Without RUNRELAY_INTERNAL_API_KEY the webhook must answer 503 (SPEC): a default
+    key in the file would open it with a guessable secret."""
+    text = COMPOSE.read_text()
+    assert "change-me" not in text
+    for name, service in _compose()["services"].items():
+        environment = service.get("environment") or {}
+        assert "RUNRELAY_INTERNAL_API_KEY" not in environment, name
+        assert "CHAT_INTERNAL_API_KEY" not in environment, name
 
 
 def test_compose_file_validates() -> None:
@@ -277,7 +308,7 @@ def test_procfile_commands_exist() -> None:
         if line.strip() and not line.startswith("#"):
             kind, _, text = line.partition(":")
             entries[kind.strip()] = shlex.split(text)
-    assert set(entries) == {"web", "worker", "consumer"}
+    assert set(entries) == {"web", "worker", "consumer", "generator"}
     for command in entries.values():
         _command(command)
     assert "--port" not in entries["web"]  # the platform's PORT is honoured instead

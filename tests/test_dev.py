@@ -157,3 +157,24 @@ def test_dev_points_generate_agent_at_its_own_generator_unless_told_otherwise(
     monkeypatch.setenv("RUNRELAY_GENERATOR_URL", "http://gen.internal:9000")
     explicit = load_settings(_env_file=None)
     assert dev_settings(explicit, "127.0.0.1", 8123).generator_url == "http://gen.internal:9000"
+
+
+async def test_the_readme_python_snippet_runs_as_written(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """The README's Python block, saved to a file and run (only the URL is this dev's)."""
+    readme = (REPO / "README.md").read_text()
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "http://127.0.0.1:8000" in snippet
+    env: dict[str, str | None] = {"RUNRELAY_REDIS_URL": None, "RUNRELAY_AMQP_URL": None}
+    dev = await start_dev(processes, tmp_path, env)
+    script = tmp_path / "fox.py"
+    script.write_text(snippet.replace("http://127.0.0.1:8000", dev.url))
+    python = str(Path(RUNRELAY).with_name("python"))
+    proc = await asyncio.create_subprocess_exec(
+        python, str(script), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    text = await run_text(dev.url, (await only_run(dev.url))["run_id"])
+    assert out.decode() == text + "\n"

@@ -284,33 +284,9 @@ function ago(seconds) {
   return `${age.toFixed(1)} s ago (${time(seconds)})`;
 }
 
-async function refreshRuns() {
-  let body;
-  try {
-    body = await api("GET", "/v1/runs?limit=50");
-  } catch (err) {
-    showError(err.message);
-    return;
-  }
-  const rows = (body.runs || []).map((run) => {
-    const tr = document.createElement("tr");
-    tr.dataset.runId = run.run_id;
-    if (follow && follow.runId === run.run_id) tr.className = "followed";
-    const status = cell(run.status);
-    status.className = `status status-${run.status}`;
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = "follow";
-    button.addEventListener("click", () => followRun(run.run_id));
-    const action = document.createElement("td");
-    action.append(button);
-    const id = cell(run.run_id);
-    id.className = "muted";
-    id.title = run.run_id;
-    tr.append(id, cell(run.tool), status, cell(time(run.created_at)), action);
-    return tr;
-  });
-  $("runs").replaceChildren(...rows);
+function refreshRuns() {
+  // The runs list (filters, paging, details) is console.js's.
+  if (typeof refreshRunList === "function") refreshRunList();
 }
 
 async function refreshStatus() {
@@ -393,9 +369,7 @@ function main() {
     if (follow.done) setConnection("ended");
     else connect();  // resume after the last event this page saw, before any reload
   }
-  refreshRuns();
   refreshStatus();
-  setInterval(refreshRuns, POLL_MS);
   setInterval(refreshStatus, POLL_MS);
   document.body.dataset.ready = "true";
 }

@@ -10,15 +10,19 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from shared.errors import AppendRefused, BackendUnavailable, Conflict, NotFound
+from shared.errors import AppendRefused, BackendUnavailable, Conflict, NotFound, RunRelayError
 from shared.eventlog import scripts
-from shared.eventlog.base import Transition
+from shared.eventlog.base import Batch, Transition
 from shared.keys import Keys
 from shared.models import Page, StoredEvent, utcnow
 
@@ -35,7 +39,13 @@ _INDEX_CACHE = 100_000
 # demoted master) or without a quorum answers with an error reply (ResponseError).
 # Every one of them becomes `BackendUnavailable` here, so no caller ever mistakes a
 # backend blip for a bad request or a tool's failure.
-BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, EOFError, RuntimeError)
+BACKEND_ERRORS: tuple[type[Exception], ...] = (
+    RedisError,
+    RedisClusterException,  # no node serves the slot (yet), mid-failover
+    OSError,
+    EOFError,
+    RuntimeError,
+)
 
 
 def _seq(stream_id: bytes | str) -> int:
@@ -67,39 +77,97 @@ def flat_pairs(mapping: Mapping[str, str]) -> list[str]:
     return flat
 
 
+_POLL_S = 0.05
+
+
+def _streams(cursors: Mapping[str, int]) -> dict[Any, Any]:
+    return {key: f"0-{cursor}" for key, cursor in cursors.items()}
+
+
+def _pairs_of(reply: Any) -> dict[str, list[StoredEvent]]:
+    # RESP3 answers a map, RESP2 a list of [key, entries].
+    pairs = reply.items() if isinstance(reply, dict) else reply or []
+    return {key.decode(): _flat_events(entries) for key, entries in pairs}
+
+
 def decoded(raw: Mapping[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """``redis+cluster://[user:password@]h1:p1,h2:p2[/...]`` → (seed nodes, user, password)."""
+    rest = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+    userinfo, _, hosts = rest.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    nodes = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        nodes.append((host or "127.0.0.1", int(port or 6379)))
+    return nodes, unquote(user) or None, unquote(password) or None
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(("redis+cluster://", "rediss+cluster://"))
+
+
+class _Shard:
+    """One node's pub/sub connection of the change feed, and the task reading it."""
+
+    def __init__(self, client: Any, pubsub: Any, owns_client: bool) -> None:
+        self.client = client
+        self.pubsub = pubsub
+        self.owns_client = owns_client
+        self.keys: set[str] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+        with contextlib.suppress(Exception):
+            await self.pubsub.aclose()
+        if self.owns_client:
+            with contextlib.suppress(Exception):
+                await self.client.aclose()
+
+
 class _ChangeFeed:
-    """Which followed logs have news, from the PUBLISH every append makes on its log's key.
+    """Which followed logs have news, from the SPUBLISH every append makes on its log's key.
 
     One XREAD BLOCK over every followed log re-sends (and Redis re-scans) all their keys
     on every call: with 1,000 followed runs that was 40% of an API process's time at
-    5,000 events/s. Instead one pub/sub connection subscribes to the followed keys, and
-    only logs that were published to are read (plain XREAD, no BLOCK). A key counts as
-    followed once Redis confirms its subscription; it is read then, so nothing appended
-    before the subscription is missed. A sweep over all keys every `SWEEP_S` bounds the
-    damage of a notification lost any other way. Used by one task at a time (`busy`).
+    5,000 events/s. Instead one pub/sub connection per Redis node subscribes (sharded
+    pub/sub: SSUBSCRIBE, so on a Cluster the news of a log goes only to the node that
+    holds it) to the followed keys, and only logs that were published to are read
+    (plain XREAD, no BLOCK). A key counts as followed once Redis confirms its
+    subscription; it is read then, so nothing appended before the subscription is
+    missed. A key whose slot moved to another node is subscribed again there. A sweep
+    over all keys every `SWEEP_S` bounds the damage of a notification lost any other
+    way (a slot move included). Used by one task at a time (`busy`); each shard's
+    messages are read by a task of its own, so waiting on several nodes costs nothing.
     """
 
     SWEEP_S = 5.0
 
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._redis = redis
-        self._pubsub: Any = None
-        self._subscribed: set[str] = set()
+    def __init__(self, conn: RedisConnection) -> None:
+        self._conn = conn
+        self._shards: dict[str, _Shard] = {}
+        self._node_of_key: dict[str, str] = {}
         self._dirty: set[str] = set()
+        self._news = asyncio.Event()
+        self._error: BaseException | None = None
         self._swept = 0.0
         self.busy = False
 
     async def reset(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        self._subscribed.clear()
+        shards, self._shards = list(self._shards.values()), {}
+        self._node_of_key.clear()
         self._dirty.clear()
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        self._error = None
+        self._swept = 0.0
+        for shard in shards:
+            await shard.close()
 
     def more(self, keys: Iterable[str]) -> None:
         """Logs whose read was cut at `count`: read them again without waiting."""
@@ -116,44 +184,84 @@ class _ChangeFeed:
     async def _ready(self, cursors: Mapping[str, int], timeout_s: float) -> set[str]:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self._pubsub is None:
-            self._pubsub = self._redis.pubsub()
+        if self._swept == 0.0:
             self._swept = now
-        new = [k for k in cursors if k not in self._subscribed]
-        gone = [k for k in self._subscribed if k not in cursors]
-        if new:
-            await self._pubsub.subscribe(*new)
-            self._subscribed.update(new)
-        if gone:
-            await self._pubsub.unsubscribe(*gone)
-            self._subscribed.difference_update(gone)
-            self._dirty.difference_update(gone)
-        if now - self._swept >= self.SWEEP_S:
+        sweep = now - self._swept >= self.SWEEP_S
+        await self._follow(cursors, recheck=sweep)
+        if sweep:
             self._swept = now
             self._dirty.update(cursors)
         deadline = now + timeout_s
-        while not self._dirty:
+        while not self._dirty and self._error is None:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            message = await self._pubsub.get_message(timeout=remaining)
-            while message is not None:
-                if message["type"] in ("message", "subscribe"):
-                    key = message["channel"].decode()
-                    if key in cursors:
-                        self._dirty.add(key)
-                message = await self._pubsub.get_message(timeout=0)
-        ready, self._dirty = self._dirty, set()
+            self._news.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._news.wait()
+        if self._error is not None:
+            raise self._error
+        ready, self._dirty = self._dirty & set(cursors), set()
         return ready
+
+    async def _follow(self, cursors: Mapping[str, int], *, recheck: bool) -> None:
+        """Subscribe the new keys (on their node), unsubscribe the gone ones; with `recheck`,
+        move the keys whose slot moved to another node since."""
+        by_node: dict[str, list[str]] = {}
+        for key in cursors:
+            known = self._node_of_key.get(key)
+            if known is not None and not recheck:
+                continue
+            node = self._conn.node_of(key)
+            if known != node:
+                by_node.setdefault(node, []).append(key)
+        gone = [k for k in self._node_of_key if k not in cursors]
+        moved = [k for keys in by_node.values() for k in keys if k in self._node_of_key]
+        for key in [*gone, *moved]:
+            shard = self._shards.get(self._node_of_key.pop(key))
+            if shard is not None and key in shard.keys:
+                shard.keys.discard(key)
+                await shard.pubsub.execute_command("SUNSUBSCRIBE", key)
+        for node, keys in by_node.items():
+            shard = self._shards.get(node)
+            if shard is None:
+                shard = self._shards[node] = self._conn.new_shard(node)
+            # One SSUBSCRIBE per slot: its channels must share one (CROSSSLOT otherwise).
+            by_slot: dict[int, list[str]] = {}
+            for key in keys:
+                by_slot.setdefault(self._conn.slot_of(key), []).append(key)
+            for group in by_slot.values():
+                await shard.pubsub.execute_command("SSUBSCRIBE", *group)
+            shard.keys.update(keys)
+            self._node_of_key.update(dict.fromkeys(keys, node))
+            if shard.task is None:
+                shard.task = asyncio.create_task(self._read(shard), name=f"change feed {node}")
+
+    async def _read(self, shard: _Shard) -> None:
+        try:
+            while True:
+                message = await shard.pubsub.parse_response(block=True)
+                kind = message[0] if isinstance(message, list) and message else None
+                if kind in (b"smessage", b"ssubscribe"):
+                    self._dirty.add(message[1].decode())
+                    self._news.set()
+        except asyncio.CancelledError:
+            raise
+        except BACKEND_ERRORS as exc:
+            self._error = exc
+            self._news.set()
 
 
 class RedisConnection:
-    """What the four Redis stores share: the pools, the key names, the run -> session index
+    """What the four Redis stores share: the client, the key names, the run -> session index
     cache, and the one translation of client-library errors into `BackendUnavailable`.
 
-    A fixed handful of connections however many readers there are: `max_connections`
-    for commands, one pub/sub connection (the change feed) and one more only while a
-    second task blocks in `wait` — 8 in all by default.
+    One node (``redis://``) or a Redis Cluster (``redis+cluster://h1:p1,h2:p2``, redis-py's
+    asyncio `RedisCluster`). A fixed handful of connections however many readers there
+    are: at most `max_connections` commands in flight (so at most that many connections
+    to any node), one pub/sub connection per node (the change feed) and, on one node,
+    one more only while a second task blocks in `wait` — 8 in all by default.
     """
 
     def __init__(
@@ -163,31 +271,118 @@ class RedisConnection:
         prefix: str,
         max_connections: int = 6,
         client_name: str | None = None,
+        min_replicas: int = 0,
+        min_replicas_timeout_ms: int = 1000,
     ) -> None:
         self.keys = Keys(prefix)
         self.url = url
-        self.redis = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                timeout=_COMMAND_TIMEOUT_S,
+        self.cluster = is_cluster_url(url)
+        self.min_replicas = min_replicas
+        self.min_replicas_timeout_ms = min_replicas_timeout_ms
+        self._client_name = client_name
+        self._slots = asyncio.Semaphore(max_connections)
+        self.redis: Any
+        if self.cluster:
+            nodes, self._user, self._password = cluster_nodes(url)
+            self.redis = RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                username=self._user,
+                password=self._password,
+                # Bounded by `_slots` instead: a full node pool would raise, not wait.
+                max_connections=max_connections + 2,
                 socket_timeout=_COMMAND_TIMEOUT_S,
                 socket_connect_timeout=_COMMAND_TIMEOUT_S,
                 client_name=client_name,
+                # Never resend a command after a connection error: an append whose reply
+                # was lost may have been applied, and a second one would duplicate the
+                # event. MOVED/ASK redirects are followed all the same.
+                retry=Retry(NoBackoff(), 0),
             )
-        )
-        self.blocking = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=2,
-                timeout=None,
-                socket_timeout=None,
-                socket_connect_timeout=_COMMAND_TIMEOUT_S,
-                client_name=client_name,
+            self.blocking = None
+        else:
+            self.redis = aioredis.Redis(
+                connection_pool=aioredis.BlockingConnectionPool.from_url(
+                    url,
+                    max_connections=max_connections,
+                    timeout=_COMMAND_TIMEOUT_S,
+                    socket_timeout=_COMMAND_TIMEOUT_S,
+                    socket_connect_timeout=_COMMAND_TIMEOUT_S,
+                    client_name=client_name,
+                )
             )
-        )
+            self.blocking = aioredis.Redis(
+                connection_pool=aioredis.BlockingConnectionPool.from_url(
+                    url,
+                    max_connections=2,
+                    timeout=None,
+                    socket_timeout=None,
+                    socket_connect_timeout=_COMMAND_TIMEOUT_S,
+                    client_name=client_name,
+                )
+            )
         # run id -> session id never changes once written, so caching it is always safe.
         self._sessions: OrderedDict[str, str] = OrderedDict()
+
+    def node_of(self, key: str) -> str:
+        """The name of the node holding `key` ("" on one node)."""
+        if not self.cluster:
+            return ""
+        try:
+            node = self.redis.get_node_from_key(key)
+        except RedisClusterException:
+            node = None
+        return node.name if node is not None else ""
+
+    def slot_of(self, key: str) -> int:
+        return int(self.redis.keyslot(key)) if self.cluster else 0
+
+    def new_shard(self, node: str) -> _Shard:
+        """A pub/sub connection to `node` (see `node_of`)."""
+        if not self.cluster:
+            assert self.blocking is not None
+            return _Shard(self.blocking, self.blocking.pubsub(), owns_client=False)
+        host, _, port = node.rpartition(":")
+        client = aioredis.Redis(
+            host=host or "127.0.0.1",
+            port=int(port),
+            username=self._user,
+            password=self._password,
+            socket_connect_timeout=_COMMAND_TIMEOUT_S,
+            client_name=self._client_name,
+        )
+        return _Shard(client, client.pubsub(), owns_client=True)
+
+    async def write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a writing script; with `min_replicas`, return only once that many replicas
+        acknowledged it (WAIT, on the same connection, in the same round trip).
+
+        A write not acknowledged in time raises `BackendUnavailable`: it is on the master
+        and may or may not survive a failover, so the caller treats it as it treats any
+        backend error (a worker abandons the attempt; the lease rules retry it).
+        """
+        if not self.min_replicas:
+            return await self.call(script(keys=keys, args=args))
+        wait: list[Any] = ["WAIT", self.min_replicas, self.min_replicas_timeout_ms]
+        target = {"target_nodes": self.redis.get_node_from_key(keys[0])} if self.cluster else {}
+        for loaded in (False, True):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.execute_command(*wait, **target)
+                try:
+                    result, acked = await self.call(pipe.execute())
+                except BackendUnavailable as exc:
+                    if loaded or not isinstance(exc.__cause__, NoScriptError):
+                        raise
+                    # Not run (the node did not know the script): load it, then run it once.
+                    await self.call(self.redis.script_load(script.script))
+                    continue
+            if int(acked) < self.min_replicas:
+                raise BackendUnavailable(
+                    f"Redis: {acked} of RUNRELAY_REDIS_MIN_REPLICAS={self.min_replicas} "
+                    f"replicas acknowledged a write within {self.min_replicas_timeout_ms} ms"
+                )
+            return result
+        raise AssertionError("unreachable")
 
     def unavailable(self, exc: Exception) -> BackendUnavailable:
         host = self.url.rpartition("@")[2]
@@ -196,7 +391,10 @@ class RedisConnection:
     async def call(self, coro: Any) -> Any:
         """Await one Redis call; every backend error comes out as `BackendUnavailable`."""
         try:
-            return await coro
+            if not self.cluster:
+                return await coro
+            async with self._slots:
+                return await coro
         except BACKEND_ERRORS as exc:
             raise self.unavailable(exc) from exc
 
@@ -227,7 +425,8 @@ class RedisConnection:
 
     async def close(self) -> None:
         await self.redis.aclose()
-        await self.blocking.aclose()
+        if self.blocking is not None:
+            await self.blocking.aclose()
 
 
 class RedisEventLog:
@@ -249,12 +448,17 @@ class RedisEventLog:
         self._redis.set_response_callback("XRANGE", _raw)
         self._redis.set_response_callback("XREVRANGE", _raw)
         for client in (self._redis, self._blocking):
-            client.set_response_callback("XREAD", _raw)
-        self._feed = _ChangeFeed(self._blocking)
+            if client is not None:
+                client.set_response_callback("XREAD", _raw)
+        self._feed = _ChangeFeed(conn)
         self._append_topic = self._redis.register_script(scripts.APPEND_TOPIC)
 
     async def ping(self) -> None:
-        await self._call(self._redis.ping())
+        try:
+            await self._call(self._redis.ping())
+        except BackendUnavailable as exc:
+            # At start, say which setting points here (SPEC §11: name the variable).
+            raise BackendUnavailable(f"{exc} (check RUNRELAY_REDIS_URL)") from exc
 
     async def close(self) -> None:
         await self._feed.reset()
@@ -269,20 +473,19 @@ class RedisEventLog:
         # pointer to nothing, never a run nobody can find.
         await self._call(self._redis.set(self.keys.run_index(run_id), session_id))
         score = time.time()
-        result = await self._call(
-            self._create(
-                keys=self.conn.run_keys(owner, session_id, run_id),
-                args=[
-                    owner,
-                    run_id,
-                    score,
-                    first_type,
-                    first_body,
-                    self._max_events,
-                    len(fields),
-                    *flat_pairs(fields),
-                ],
-            )
+        result = await self.conn.write(
+            self._create,
+            self.conn.run_keys(owner, session_id, run_id),
+            [
+                owner,
+                run_id,
+                score,
+                first_type,
+                first_body,
+                self._max_events,
+                len(fields),
+                *flat_pairs(fields),
+            ],
         )
         if result == b"exists":
             raise Conflict(f"run {run_id} already exists")
@@ -290,38 +493,97 @@ class RedisEventLog:
             self._redis.zadd(self.keys.owner_runs(owner), {f"{session_id}/{run_id}": score})
         )
 
+    def _rule_args(self, rule: Transition) -> list[Any]:
+        allowed = "," + ",".join(sorted(rule.allowed_from)) + "," if rule.allowed_from else ""
+        return [
+            rule.to or "",
+            "1" if rule.terminal else "0",
+            allowed,
+            rule.fields.get("updated_at") or utcnow(),
+            self._ttl_s,
+            self._max_events,
+            len(rule.expect),
+            *flat_pairs(rule.expect),
+            len(rule.fields),
+            *flat_pairs(rule.fields),
+        ]
+
     async def append(
         self, owner: str, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
     ) -> int:
-        allowed = "," + ",".join(sorted(rule.allowed_from)) + "," if rule.allowed_from else ""
-        now = rule.fields.get("updated_at") or utcnow()
-        result = await self._call(
-            self._append(
-                keys=self.conn.run_keys(owner, session_id, run_id),
-                args=[
-                    type_,
-                    body,
-                    rule.to or "",
-                    "1" if rule.terminal else "0",
-                    allowed,
-                    now,
-                    self._ttl_s,
-                    self._max_events,
-                    len(rule.expect),
-                    *flat_pairs(rule.expect),
-                    len(rule.fields),
-                    *flat_pairs(rule.fields),
-                ],
-            )
+        [result] = await self.append_batches(
+            [Batch(owner, session_id, run_id, ((type_, body),), rule)]
         )
-        event_id, status = int(result[0]), result[1].decode()
-        if event_id > 0:
-            if rule.terminal:
-                await self._call(self._redis.expire(self.keys.run_index(run_id), self._ttl_s))
-            return event_id
-        if not status:
-            raise NotFound(f"run {run_id} not found")
-        raise AppendRefused(run_id, status, type_)
+        if isinstance(result, RunRelayError):
+            raise result
+        return result
+
+    async def append_batches(self, batches: Sequence[Batch]) -> list[int | RunRelayError]:
+        """One pipelined round trip of APPEND calls (not a MULTI: each call is atomic on
+        its own, and every key of one call shares its session's hash tag, so on a cluster
+        a pipeline splits by slot without splitting any call)."""
+        calls = []
+        for b in batches:
+            events = [part for event in b.events for part in event]
+            keys = self.conn.run_keys(b.owner, b.session_id, b.run_id)
+            calls.append(("EVALSHA", self._append.sha, 5, *keys, *self._rule_args(b.rule), *events))
+        if self.conn.cluster or self.conn.min_replicas:
+            # Each batch on its own (concurrently): `conn.write` routes it to its slot's
+            # node and, with RUNRELAY_REDIS_MIN_REPLICAS, WAITs for it on that connection.
+            replies = await asyncio.gather(
+                *(self._write_one(list(call[3:8]), list(call[8:])) for call in calls)
+            )
+        else:
+            replies = await self._pipelined(calls)
+        out: list[int | RunRelayError] = []
+        expire = []
+        for b, reply in zip(batches, replies, strict=True):
+            if isinstance(reply, BackendUnavailable):
+                out.append(reply)
+                continue
+            if isinstance(reply, Exception):
+                out.append(self.conn.unavailable(reply))
+                continue
+            event_id, status = int(reply[0]), reply[1].decode()
+            if event_id > 0:
+                out.append(event_id)
+                if b.rule.terminal:
+                    expire.append(b.run_id)
+            elif not status:
+                out.append(NotFound(f"run {b.run_id} not found"))
+            else:
+                out.append(AppendRefused(b.run_id, status, b.events[0][0]))
+        if expire:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in expire:
+                    pipe.expire(self.keys.run_index(run_id), self._ttl_s)
+                await self._call(pipe.execute())
+        return out
+
+    async def _write_one(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self.conn.write(self._append, keys, args)
+        except BackendUnavailable as exc:
+            return exc
+
+    async def _pipelined(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """Replies (or the error of each call) to `calls` sent in one pipeline; a script
+        Redis no longer has (a restart, SCRIPT FLUSH) is loaded and its calls resent."""
+
+        async def send(batch: list[tuple[Any, ...]]) -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for call in batch:
+                    pipe.execute_command(*call)
+                replies: list[Any] = await self._call(pipe.execute(raise_on_error=False))
+                return replies
+
+        replies = await send(calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            await self._call(self._redis.script_load(scripts.APPEND))
+            for i, reply in zip(missing, await send([calls[i] for i in missing]), strict=True):
+                replies[i] = reply
+        return replies
 
     # Reading ------------------------------------------------------------------------
     async def read(self, log_key: str, after: int, limit: int) -> Page:
@@ -344,7 +606,7 @@ class RedisEventLog:
         if self._feed.busy:
             # Another task holds the change feed (one long-lived reader per process, the
             # API's tail hub, normally does): this caller blocks on XREAD as before.
-            return await self._xread(self._blocking, cursors, count, timeout_s)
+            return await self._xread_blocking(cursors, count, timeout_s)
         try:
             ready = await self._feed.ready(cursors, timeout_s)
         except BACKEND_ERRORS as exc:
@@ -352,34 +614,54 @@ class RedisEventLog:
             raise self.conn.unavailable(exc) from exc
         if not ready:
             return {}
-        found = await self._xread(self._redis, {k: cursors[k] for k in ready}, count, None)
+        found = await self._xread({k: cursors[k] for k in ready}, count)
         self._feed.more(k for k, events in found.items() if len(events) >= count)
         return found
 
-    async def _xread(
-        self,
-        client: aioredis.Redis,
-        cursors: Mapping[str, int],
-        count: int,
-        timeout_s: float | None,
+    async def _xread(self, cursors: Mapping[str, int], count: int) -> dict[str, list[StoredEvent]]:
+        """One XREAD (no BLOCK) of `cursors`; on a Cluster one per slot, pipelined by node."""
+        if not self.conn.cluster:
+            return _pairs_of(await self._call(self._redis.xread(_streams(cursors), count=count)))
+        by_slot: dict[int, dict[str, int]] = {}
+        for key, cursor in cursors.items():
+            by_slot.setdefault(self.conn.slot_of(key), {})[key] = cursor
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for group in by_slot.values():
+                pipe.xread(_streams(group), count=count)
+            replies = await self._call(pipe.execute())
+        found: dict[str, list[StoredEvent]] = {}
+        for reply in replies:
+            found.update(_pairs_of(reply))
+        return found
+
+    async def _xread_blocking(
+        self, cursors: Mapping[str, int], count: int, timeout_s: float
     ) -> dict[str, list[StoredEvent]]:
-        streams: dict[Any, Any] = {key: f"0-{cursor}" for key, cursor in cursors.items()}
-        block = None if timeout_s is None else max(1, int(timeout_s * 1000))
-        try:
-            reply: Any = await client.xread(streams, count=count, block=block)
-        except BACKEND_ERRORS as exc:
-            raise self.conn.unavailable(exc) from exc
-        # RESP3 answers a map, RESP2 a list of [key, entries].
-        pairs = reply.items() if isinstance(reply, dict) else reply or []
-        return {key.decode(): _flat_events(entries) for key, entries in pairs}
+        if self._blocking is not None:
+            block = max(1, int(timeout_s * 1000))
+            try:
+                reply = await self._blocking.xread(_streams(cursors), count=count, block=block)
+            except BACKEND_ERRORS as exc:
+                raise self.conn.unavailable(exc) from exc
+            return _pairs_of(reply)
+        # A Cluster cannot block on logs of several slots at once: this rare second waiter
+        # polls instead (the hub, the one waiter that matters, has the change feed).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            found = await self._xread(cursors, count)
+            remaining = deadline - loop.time()
+            if found or remaining <= 0:
+                return found
+            await asyncio.sleep(min(_POLL_S, remaining))
 
     async def wake(self, wake_key: str) -> None:
-        # The change feed hears the PUBLISH; a plain blocking XREAD (see `wait`) the XADD.
+        # The change feed hears the SPUBLISH; a plain blocking XREAD (see `wait`) the XADD.
         # Ids 0-1, 0-2, ...: like a log's, so a reader's integer cursor passes each wake once
         # (an auto id would always be past "0-N" and make every wait return at once).
         # Same fields as an event ("t", "d"): `wait` decodes every stream it reads alike.
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.publish(wake_key, b"0")
+            pipe.spublish(wake_key, b"0")
             pipe.xadd(wake_key, {"t": "wake", "d": b"{}"}, id="0-*", maxlen=1)
             pipe.expire(wake_key, 3600)
             await self._call(pipe.execute())

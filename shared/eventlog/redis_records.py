@@ -14,6 +14,7 @@ import orjson
 from shared.eventlog import scripts
 from shared.eventlog.base import Stores, record_from
 from shared.eventlog.redis import RedisConnection, RedisEventLog, decoded, flat_pairs
+from shared.eventlog.redis_streams import RedisStreamStore
 from shared.models import Operation, RunRecord
 
 
@@ -200,14 +201,22 @@ def redis_stores(
     max_events: int,
     max_connections: int = 6,
     client_name: str | None = None,
+    min_replicas: int = 0,
+    min_replicas_timeout_ms: int = 1000,
 ) -> Stores:
-    """The four stores on one Redis, sharing one `RedisConnection`."""
+    """The stores on one Redis (or one Redis Cluster), sharing one `RedisConnection`."""
     conn = RedisConnection(
-        url, prefix=prefix, max_connections=max_connections, client_name=client_name
+        url,
+        prefix=prefix,
+        max_connections=max_connections,
+        client_name=client_name,
+        min_replicas=min_replicas,
+        min_replicas_timeout_ms=min_replicas_timeout_ms,
     )
     return Stores(
         log=RedisEventLog(conn, ttl_s=ttl_s, max_events=max_events),
         runs=RedisRunStore(conn),
         scheduler=RedisScheduler(conn),
         workers=RedisWorkerRegistry(conn),
+        streams=RedisStreamStore(conn),
     )

@@ -30,10 +30,11 @@ STORY: dict[str, Any] = {"prompt": "a knight errant", "paragraphs": 12, "delay_m
 TIMEOUT_MS = 30_000
 
 
-async def run_text(url: str, run_id: str) -> str:
+async def run_text(url: str, run_id: str, token: str | None = None) -> str:
     text: list[str] = []
     cursor = 0
-    async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=url, timeout=10.0, headers=auth) as http:
         while True:
             response = await http.get(
                 f"/v1/runs/{run_id}/events",

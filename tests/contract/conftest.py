@@ -1,8 +1,9 @@
-"""Backend fixtures for the contract suites: every test runs over memory and real Redis."""
+"""Backend fixtures for the contract suites: every test runs over memory, one real Redis
+node and a real (throwaway, 3-master) Redis Cluster."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,11 +12,19 @@ from shared.eventlog.base import EventLog, RunStore, Scheduler, Stores, WorkerRe
 from shared.eventlog.memory import memory_stores
 from shared.eventlog.redis_records import redis_stores
 from shared.lifecycle import Runs
+from tests.support.redis_cluster import ThrowawayCluster
 
 MakeStores = Callable[..., Stores]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[str]:
+    """A throwaway 3-master Redis Cluster for the session; its URL."""
+    with ThrowawayCluster(masters=3) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def make_stores(request: pytest.FixtureRequest) -> AsyncIterator[MakeStores]:
     made: list[Stores] = []
 
@@ -25,6 +34,8 @@ async def make_stores(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore
         kw.setdefault("max_events", 100_000)
         if request.param == "redis":
             stores = redis_stores(request.getfixturevalue("redis_url"), **kw)
+        elif request.param == "cluster":
+            stores = redis_stores(request.getfixturevalue("redis_cluster"), **kw)
         else:
             stores = memory_stores(**kw)
         made.append(stores)

@@ -26,9 +26,12 @@ from workers.worker import Worker
 # Paced so a client can read part of a run, drop, and come back while it still runs.
 SLOW = {"paragraphs": 6, "delay_ms": 60}
 FAST = {"paragraphs": 2, "delay_ms": 0}
+TICKS = {"seconds": 1.2, "interval_s": 0.1}
 AGENTS = {
     "story": {"name": "Story", "tool": "story", "input": FAST},
     "slow": {"name": "Slow story", "tool": "story", "input": SLOW},
+    # tool.progress between the tool call's start and end: native events AgentOS never sees.
+    "countdown": {"name": "Countdown", "tool": "countdown", "input": TICKS},
 }
 TEAMS = {
     "story": {"name": "Story team", "tool": "story", "input": FAST},

@@ -40,12 +40,11 @@ async def read(response: httpx.Response, limit: int | None = None) -> list[dict[
 
 
 async def expected_team_events(system: System, run_id: str) -> list[tuple[int, str]]:
-    """(event_index, name) the team stream must carry: native id - 1, unnamed types skipped."""
-    return [
-        (e["id"] - 1, TEAM_NAMES[e["type"]])
-        for e in await system.native_events(run_id)
-        if e["type"] in TEAM_NAMES
-    ]
+    """(event_index, name) the team stream must carry: unnamed types skipped, the rest
+    numbered from 0 with no gaps."""
+    native = await system.native_events(run_id)
+    names = [TEAM_NAMES[e["type"]] for e in native if e["type"] in TEAM_NAMES]
+    return list(enumerate(names))
 
 
 def indexed(events: list[dict[str, Any]]) -> list[tuple[int, str]]:
@@ -68,7 +67,11 @@ async def test_lists_configured_agents_and_teams(system: System) -> None:
     async with system.client() as http:
         agents = (await http.get("/agents")).json()
         teams = (await http.get("/teams")).json()
-    assert {a["id"]: a["name"] for a in agents} == {"story": "Story", "slow": "Slow story"}
+    assert {a["id"]: a["name"] for a in agents} == {
+        "story": "Story",
+        "slow": "Slow story",
+        "countdown": "Countdown",
+    }
     assert {t["id"]: t["tool"] for t in teams} == {"story": "story", "slow": "story"}
 
 
@@ -76,7 +79,7 @@ async def test_team_run_dropped_mid_stream_resumes_live_with_catch_up(system: Sy
     async with system.client() as http:
         # Given a client that read 6 events of a running team run and dropped,
         phase1, run_id, session_id = await start_team_run(http, "slow", 6)
-        seen = phase1[-1]["event_index"] + 1  # native id of the last event read
+        seen = phase1[-1]["event_index"] + 1  # events read
         # when the run has moved on while it was away (and still runs),
         await system.wait_run(run_id, lambda r: r.last_event_id >= seen + 10)
         form = {"last_event_index": str(phase1[-1]["event_index"]), "session_id": session_id}
@@ -108,7 +111,8 @@ async def test_team_run_resumed_after_it_finished_gets_a_replay(system: System) 
         async with http.stream("POST", f"/teams/story/runs/{run_id}/resume", data=form) as resp:
             phase2 = await read(resp)
         # Resuming from the very end: only the replay notice, and the stream closes.
-        form["last_event_index"] = str(final.last_event_id - 1)
+        total = len(await expected_team_events(system, final.run_id))
+        form["last_event_index"] = str(total - 1)
         end = await http.post(f"/teams/story/runs/{run_id}/resume", data=form)
     replay = phase2[0]
     assert replay == {
@@ -116,7 +120,7 @@ async def test_team_run_resumed_after_it_finished_gets_a_replay(system: System) 
         "run_id": run_id,
         "session_id": session_id,
         "status": "COMPLETED",
-        "total_events": final.last_event_id,
+        "total_events": total,
         "last_event_index_requested": phase1[-1]["event_index"],
     }
     assert "catch_up" not in [e["event"] for e in phase2]
@@ -133,6 +137,47 @@ async def test_resume_without_an_index_replays_everything(system: System) -> Non
     events = [json.loads(line[5:]) for line in resp.text.splitlines() if line.startswith("data:")]
     assert events[0]["last_event_index_requested"] is None
     assert indexed(events) == await expected_team_events(system, run_id)
+
+
+def contiguous(events: list[dict[str, Any]], start: int = 0) -> list[int]:
+    """The indexes of the non-meta events, asserting what an AgentOS client checks."""
+    indexes = [e["event_index"] for e in events if e["event"] not in META]
+    assert indexes == list(range(start, start + len(indexes))), indexes
+    return indexes
+
+
+async def test_event_index_counts_sent_events_from_0_live_and_replayed(system: System) -> None:
+    """countdown appends tool.progress (never sent) between ToolCallStarted and -Completed."""
+    async with system.client() as http:
+        form = {"message": "ten", "stream": "true", "background": "true"}
+        async with http.stream("POST", "/agents/countdown/runs", data=form) as response:
+            first = await read(response, 2)  # RunStarted, ToolCallStarted; then drop
+        run_id = first[0]["run_id"]
+        # Live, nothing missed (progress only since): subscribed, then on from index 2.
+        live_form = {"last_event_index": "1"}
+        async with http.stream(
+            "POST", f"/agents/countdown/runs/{run_id}/resume", data=live_form
+        ) as resp:
+            rest = await read(resp)
+        await system.wait_run(run_id, lambda r: r.terminal)
+        replayed = await http.post(f"/agents/countdown/runs/{run_id}/resume", data={})
+        from_one = await http.post(
+            f"/agents/countdown/runs/{run_id}/resume", data={"last_event_index": "1"}
+        )
+        summary = (await http.get(f"/agents/countdown/runs/{run_id}")).json()
+    assert rest[0]["event"] == "subscribed" and rest[0]["current_event_count"] == 2
+    assert contiguous(first) + contiguous(rest, 2) == [0, 1, 2, 3]
+    assert [e["event"] for e in first + rest[1:]] == [
+        "RunStarted",
+        "ToolCallStarted",
+        "ToolCallCompleted",
+        "RunCompleted",
+    ]
+    again = [json.loads(line[5:]) for line in replayed.text.splitlines() if line[:5] == "data:"]
+    assert again[0]["total_events"] == summary["event_count"] == 4
+    assert contiguous(again) == [0, 1, 2, 3]
+    tail = [json.loads(line[5:]) for line in from_one.text.splitlines() if line[:5] == "data:"]
+    assert contiguous(tail, 2) == [2, 3]
 
 
 async def test_streaming_without_background_cancels_the_run_on_disconnect(

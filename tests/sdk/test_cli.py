@@ -1,13 +1,17 @@
-"""The CLI's own behaviour, without an API: help, config masking, input validation."""
+"""The CLI's own behaviour, without an API: help, config masking, input validation, an
+unreachable URL."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from runrelay.cli import app
+from tests.support.devserver import RUNRELAY
+from tests.support.ports import free_port
 
 COMMANDS = [
     "run",
@@ -86,3 +90,49 @@ def test_a_bad_port_env_exits_2_naming_port(
     result = runner.invoke(app, ["dev"])
     assert result.exit_code == 2
     assert "PORT" in result.output
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["run", "story", "--input", '{"prompt": "x"}', "--follow"], ["tail", "run_x"]],
+    ids=["status", "run-follow", "tail"],
+)
+def test_a_refused_connection_fails_fast_naming_the_url(args: list[str], tmp_path: Path) -> None:
+    """Nothing listens on the port: exit 4 within seconds (not ~20 s of silent stream
+    retries), saying which URL could not be reached."""
+    url = f"http://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [RUNRELAY, *args, "--url", url],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=10,  # a deadline: the retries of a stream would take longer
+        check=False,
+    )
+    assert done.returncode == 4, done.stderr
+    assert f"cannot reach the API at {url}" in " ".join(done.stderr.split())
+
+
+def test_status_fits_80_columns_with_one_timestamp_format(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runrelay.cli import _print_record, _print_service_status
+
+    monkeypatch.setenv("COLUMNS", "80")
+    worker = {
+        "worker_id": "worker-host-17:12368:e34dfa",
+        "active": 3,
+        "concurrency": 8,
+        "started_at": "2026-12-01T09:05:57.478Z",
+        "last_seen": 1796115961.5,
+        "tools": ["countdown", "edit_agent", "generate_agent", "llm", "story"],
+    }
+    queues = [{"name": "runrelay.runs", "messages": 2, "consumers": 1}]
+    _print_service_status({"queues": queues, "workers": [worker], "runs_by_status": {}})
+    _print_record({"run_id": "run_1", "created_at": "2026-12-01T09:05:58.001Z"})
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert "worker-host-17:12368:e34dfa" in out and "3/8" in out
+    assert "2026-12-01 09:05:57Z" in out and "2026-12-01 09:05:58Z" in out
+    assert "T09:" not in out and "1796115961" not in out

@@ -33,9 +33,16 @@ def _pings(port: int) -> bool:
 
 
 class ThrowawayRedis:
-    def __init__(self, port: int | None = None, *, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        start_timeout: float = 10.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port = port or free_port()
         self.start_timeout = start_timeout
+        self.extra_args = extra_args
         self.dir = Path(tempfile.mkdtemp(prefix="rrtest-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -75,6 +82,7 @@ class ThrowawayRedis:
                     "no",
                     "--dir",
                     str(self.dir),
+                    *self.extra_args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

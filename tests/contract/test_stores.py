@@ -1,0 +1,104 @@
+"""The contracts of the run store, the scheduler and the worker registry, over every backend.
+
+The event log's own contract (appends, reads, waits) is tests/contract/test_eventlog.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from shared.eventlog.base import RunStore, Scheduler, WorkerRegistry
+from shared.lifecycle import Runs
+from shared.models import Operation, RunStatus
+
+
+async def test_records_come_back_typed_with_every_stored_field(runs: Runs, store: RunStore) -> None:
+    run, _ = await runs.create(owner="alice", tool="story", input={"prompt": "x"})
+    claimed = await runs.start(run, worker="w1", lease_until=time.time() + 30)
+    assert claimed is not None
+
+    record = await store.get_run(run.run_id)
+    assert record is not None
+    assert record.status == RunStatus.RUNNING and record.worker == "w1"
+    assert record.lease_until is not None and record.lease_until > time.time()
+    assert record.input == {"prompt": "x"} and record.owner == "alice"
+    assert "lease_until" not in record.public() and "owner" not in record.public()
+    assert await store.get_run("run_nobody") is None
+
+
+async def test_update_run_is_a_compare_and_set(runs: Runs, store: RunStore) -> None:
+    run, _ = await runs.create(owner="alice", tool="story", input={})
+
+    applied, after = await store.update_run(run.run_id, {"status": "running"}, {"error": "x"})
+    assert not applied and after is not None and after.error is None
+    applied, after = await store.update_run(run.run_id, {"status": "queued"}, {"error": "x"})
+    assert applied and after is not None and after.error == "x"
+    assert await store.update_run("run_nobody", {}, {"error": "x"}) == (False, None)
+
+
+async def test_an_idempotency_key_binds_once_per_owner(store: RunStore) -> None:
+    assert await store.claim_idempotency("alice", "k1", "run_a", 60) == "run_a"
+    assert await store.claim_idempotency("alice", "k1", "run_b", 60) == "run_a"
+    assert await store.claim_idempotency("bob", "k1", "run_c", 60) == "run_c"
+
+
+async def test_admission_counts_an_owners_active_runs_up_to_the_limit(store: RunStore) -> None:
+    assert await store.admit_active("alice", "run_1", 2)
+    assert await store.admit_active("alice", "run_1", 2)  # the same run again: still one
+    assert await store.admit_active("alice", "run_2", 2)
+    assert not await store.admit_active("alice", "run_3", 2)
+    assert await store.admit_active("bob", "run_9", 2)  # another owner is not counted
+    assert await store.active_runs("alice", 10) == ["run_1", "run_2"]
+
+    await store.drop_active("alice", ["run_1"])
+    assert await store.admit_active("alice", "run_3", 2)
+    assert sorted(await store.active_runs("alice", 10)) == ["run_2", "run_3"]
+
+
+async def test_an_operation_is_recorded_once_and_found_by_id(store: RunStore) -> None:
+    op = Operation(
+        operation_id="op_1", task_id="run_1", session_id="s", tool_call_id="c", tool_name="t"
+    )
+    assert await store.put_operation(op, 60)
+    assert not await store.put_operation(op.model_copy(update={"task_id": "run_2"}), 60)
+    assert await store.get_operation("op_1") == op
+    assert await store.get_operation("op_missing") is None
+
+
+async def test_the_schedule_answers_due_runs_earliest_first_and_forgets(
+    scheduler: Scheduler,
+) -> None:
+    now = time.time()
+    await scheduler.schedule("run_late", now - 1)
+    await scheduler.schedule("run_early", now - 5)
+    await scheduler.schedule("run_future", now + 60)
+    assert await scheduler.due(now, 10) == ["run_early", "run_late"]
+    assert await scheduler.due(now, 1) == ["run_early"]
+
+    await scheduler.schedule("run_early", now + 60)  # replaces the earlier due
+    await scheduler.unschedule("run_late")
+    assert await scheduler.due(now, 10) == []
+
+
+async def test_workers_are_live_until_their_heartbeat_runs_out(workers: WorkerRegistry) -> None:
+    await workers.heartbeat("w1", {"pid": 1}, 30)
+    await workers.heartbeat("w2", {"pid": 2}, 0.2)
+    live = {w["worker_id"]: w for w in await workers.live()}
+    assert set(live) == {"w1", "w2"} and live["w1"]["pid"] == 1
+
+    await workers.remove("w1")
+    # The run-out of a heartbeat's TTL is the behaviour under test, not a wait for it.
+    await asyncio.sleep(0.3)
+    assert await workers.live() == []
+
+
+async def test_advertised_tools_are_kept_by_name_and_by_when(workers: WorkerRegistry) -> None:
+    now = time.time()
+    await workers.advertise_tools([{"name": "story", "description": "old"}], now - 100)
+    await workers.advertise_tools([{"name": "story", "description": "new"}], now)
+    await workers.advertise_tools([{"name": "retired"}], now - 1000)
+
+    tools = await workers.list_tools(since=now - 10)
+    assert [(t["name"], t["description"]) for t in tools] == [("story", "new")]
+    assert [t["name"] for t in await workers.list_tools(since=0)] == ["retired", "story"]
