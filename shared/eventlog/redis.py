@@ -372,7 +372,9 @@ class RedisConnection:
         target = {"target_nodes": self.redis.get_node_from_key(keys[0])} if self.cluster else {}
         for loaded in (False, True):
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                # execute_command: a cluster pipeline blocks its `evalsha` method, not the
+                # command (the slot comes from the keys all the same).
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 pipe.execute_command(*wait, **target)
                 try:
                     result, acked = await self.call(pipe.execute())
