@@ -1,18 +1,20 @@
 """``GET /v1/status``: queue depths, live workers, and the caller's runs by status;
+``GET /v1/workers``: the workers seen in the last hour and how each left;
 ``GET /v1/metrics``: the process's counters as JSON, for the console's graphs."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from prometheus_client import REGISTRY
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Operator, State
 from api.openapi import errors
+from shared.eventlog.base import WORKER_HISTORY_S
 
 router = APIRouter(prefix="/v1", tags=["status"])
 
@@ -44,6 +46,31 @@ async def status(state: State, owner: Operator) -> dict[str, Any]:
         "workers": workers,
         "runs_by_status": dict(Counter(run.status.value for run in recent)),
     }
+
+
+class WorkerSeen(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the rest of the worker's heartbeat info
+
+    worker_id: str
+    last_seen: float = Field(description="its last heartbeat (unix time)")
+    left: Literal["clean", "lost"] | None = Field(
+        description="null while live; clean: it stopped and said so; lost: its heartbeat ran out"
+    )
+    left_at: float | None = Field(description="when it left (unix time)")
+
+
+class WorkerHistory(BaseModel):
+    workers: list[WorkerSeen] = Field(description="latest heartbeat first")
+
+
+@router.get("/workers", response_model=WorkerHistory, responses=errors(401, 403, 422, 503))
+async def worker_history(
+    state: State,
+    owner: Operator,
+    since_s: Annotated[float, Query(gt=0, le=WORKER_HISTORY_S)] = WORKER_HISTORY_S,
+) -> dict[str, Any]:
+    """The workers live in the last `since_s` seconds (an hour at most), live or gone."""
+    return {"workers": await state.runtime.workers.recent(time.time() - since_s)}
 
 
 # The counters and gauges the console graphs, by Prometheus name: whichever of them this

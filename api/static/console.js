@@ -289,6 +289,32 @@ async function refreshGraphs() {
   $("graphs").replaceChildren(...figures);
 }
 
+// --- worker history ----------------------------------------------------------------
+
+async function refreshWorkerHistory() {
+  let body;
+  try {
+    body = await api("GET", "/v1/workers");
+  } catch (err) {
+    $("history-note").textContent = explain(err);
+    return;
+  }
+  $("history-note").textContent = body.workers.length ? "" : "No worker in the last hour.";
+  $("worker-history").replaceChildren(...body.workers.map((w) => {
+    const tr = document.createElement("tr");
+    tr.dataset.workerId = w.worker_id;
+    tr.dataset.left = w.left || "live";
+    const left = cell(w.left === "clean" ? `stopped ${when(w.left_at)}` :
+      w.left === "lost" ? `lost ${when(w.left_at)} (heartbeat ran out)` : "live");
+    left.className = `left-${w.left || "live"}`;
+    const id = cell(w.worker_id.slice(0, 24));
+    id.title = w.worker_id;
+    tr.append(id, cell([w.host, w.pid].filter((x) => x !== undefined).join(" · ")),
+      cell(when(w.started_at)), cell(when(w.last_seen)), left);
+    return tr;
+  }));
+}
+
 // --- tools: a form from each input schema ------------------------------------------
 
 async function refreshTools() {
@@ -366,6 +392,8 @@ function consoleMain() {
   refreshDead();
   refreshGraphs();
   refreshTools();
+  refreshWorkerHistory();
+  setInterval(refreshWorkerHistory, POLL_MS);
   setInterval(refreshRunList, POLL_MS);
   setInterval(refreshGraphs, POLL_MS);
   setInterval(refreshDead, POLL_MS * 2);

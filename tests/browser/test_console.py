@@ -1,5 +1,6 @@
 """The operator's console in a real browser: why a run failed, retrying it, the live
-graphs, and dead letters seen and replayed. Each test saves a screenshot into docs/.
+graphs, dead letters seen and replayed, and the workers that came and went. Each test
+saves a screenshot into docs/.
 
 Given `runrelay dev` (embedded, or on the real Redis and RabbitMQ for dead letters), when
 an operator uses only the page at ``/``, then what they need is on it: the failure
@@ -10,6 +11,7 @@ replay.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,9 +20,12 @@ from playwright.async_api import Page
 
 from shared.broker.base import Names
 from shared.broker.rabbitmq import RabbitBroker
+from shared.settings import Settings
 from tests.browser.test_dashboard import TIMEOUT_MS
 from tests.support.devserver import REPO, start_dev
 from tests.support.procs import Processes
+from tests.support.shipped import spawn_role
+from tests.workers.support import started
 
 pytestmark = pytest.mark.timeout(120)
 DOCS = REPO / "docs"
@@ -118,3 +123,37 @@ async def test_an_operator_sees_a_dead_letter_and_replays_it(
         f"tr.textContent.includes('{body}') && tr.dataset.letterId !== '{first_id}')",
         timeout=TIMEOUT_MS,
     )
+
+
+@pytest.mark.slow
+async def test_an_operator_sees_which_workers_left_and_whether_they_stopped_or_were_lost(
+    page: Page, processes: Processes, tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings()
+    env: dict[str, str | None] = {
+        "RUNRELAY_REDIS_URL": settings.redis_url,
+        "RUNRELAY_AMQP_URL": settings.amqp_url,
+        "RUNRELAY_KEY_PREFIX": settings.key_prefix,
+    }
+    dev = await start_dev(processes, tmp_path, env)
+    async with started(settings) as runtime:
+        stopped = await spawn_role(
+            processes, "worker", settings, tmp_path / "w1.log", runtime=runtime
+        )
+        crashed = await spawn_role(
+            processes, "worker", settings, tmp_path / "w2.log", runtime=runtime
+        )
+        stopped.terminate()  # SIGTERM: drains and says goodbye
+        crashed.kill9()  # no goodbye: its heartbeat runs out
+        assert await stopped.wait_async(30) == 0
+    await open_console(page, dev.url)
+
+    history = page.locator("#worker-history")
+    stopped_row = history.locator(f"tr[data-left=clean]:has-text('{stopped.pid}')")
+    lost_row = history.locator(f"tr[data-left=lost]:has-text('{crashed.pid}')")
+    await stopped_row.wait_for(timeout=TIMEOUT_MS)
+    await lost_row.wait_for(timeout=TIMEOUT_MS)  # within the heartbeat's TTL
+    assert "stopped 20" in (await stopped_row.text_content() or "")
+    assert "heartbeat ran out" in (await lost_row.text_content() or "")
+    assert await history.locator("tr[data-left=live]").count() == 1  # dev's own worker
+    await page.locator("#ops-panel").screenshot(path=str(DOCS / "console-workers.png"))
