@@ -22,6 +22,7 @@ from api import dashboard, dialects
 from api.auth import Authenticator
 from api.catalogue import ToolCatalogue
 from api.deps import ApiState
+from api.ds import routes as ds
 from api.errors import Unauthorized
 from api.middleware import AccessLog, BodyLimit, Cors
 from api.responses import JSONResponse, error_response
@@ -137,6 +138,7 @@ def create_app(
     app.include_router(operations.router)
     for router in dialects.ROUTERS:
         app.include_router(router)
+    app.include_router(ds.router)  # last: its catch-all path must not shadow other routes
     # Outermost last: the access log sees every answer, including a 413 and a preflight.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:

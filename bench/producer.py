@@ -84,7 +84,8 @@ class Producer:
             k.session_log(run.session_id, run.owner),
             k.session_runs(run.session_id, run.owner),
         ]
-        return keys, [type_, body, "", "0", ",running,", now, 600, 200_000, 0, 0]
+        # APPEND's layout: the rule (no holder check), then the one event (type, body).
+        return keys, ["", "0", ",running,", now, 600, 200_000, 0, 0, type_, body]
 
     async def _send(self, batch: list[tuple[RunRecord, dict[str, Any]]]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -96,10 +97,10 @@ class Producer:
         if self.publish:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for (run, _), (_, args), res in zip(batch, calls, results, strict=True):
-                    full = b'{"id":%d,' % int(res[0]) + args[1]
+                    full = b'{"id":%d,' % int(res[0]) + args[-1]
                     msg = b'{"id":%d,"type":"%s","event":%s}' % (
                         int(res[0]),
-                        args[0].encode(),
+                        args[-2].encode(),
                         full,
                     )
                     pipe.publish(PUBSUB + self.log_key(run), msg)

@@ -74,6 +74,24 @@ class Keys:
     def topic_log(self, owner: str, topic: str) -> str:
         return f"{self.prefix}{{t:{owner}:{topic}}}:topic:log"
 
+    def _ds_tag(self, owner: str, path: str) -> str:
+        # One hash tag per Durable Stream: a digest, since paths may hold any character
+        # (a "}" would end the tag early) and are owned (two owners, two streams).
+        digest = hashlib.sha256(f"{owner}\0{path}".encode()).hexdigest()[:24]
+        return f"{self.prefix}{{ds:{digest}}}"
+
+    def ds_meta(self, owner: str, path: str) -> str:
+        """A Durable Stream's configuration and counters (hash)."""
+        return f"{self._ds_tag(owner, path)}:meta"
+
+    def ds_log(self, owner: str, path: str) -> str:
+        """A Durable Stream's messages (stream, ids ``0-<seq>``)."""
+        return f"{self._ds_tag(owner, path)}:log"
+
+    def ds_producers(self, owner: str, path: str) -> str:
+        """A Durable Stream's idempotent producers: id -> ``epoch:seq`` (hash)."""
+        return f"{self._ds_tag(owner, path)}:producers"
+
     def wakeup(self, reader_id: str) -> str:
         return f"{self.prefix}wakeup:{reader_id}"
 

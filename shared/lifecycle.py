@@ -193,8 +193,11 @@ class Runs:
         self, run: RunRecord, type_: str, data: Mapping[str, Any], *, worker: str | None = None
     ) -> int:
         """A non-lifecycle event (output, tool, custom.*) from whoever runs the run now."""
-        expect = _holder(run, worker)
-        return await self.append(run, type_, data, Transition(_RUNNING, expect=expect))
+        return await self.append(run, type_, data, self.emit_rule(run, worker))
+
+    def emit_rule(self, run: RunRecord, worker: str | None) -> Transition:
+        """The rule of `emit`: the run is running, held by `worker` and this attempt."""
+        return Transition(_RUNNING, expect=_holder(run, worker))
 
     async def start(self, run: RunRecord, *, worker: str, lease_until: float) -> RunRecord | None:
         """Claim a queued run for `worker`; None when someone else has it or it ended."""

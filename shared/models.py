@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, NamedTuple
@@ -20,8 +21,21 @@ def valid_id(value: str) -> bool:
     return bool(_ID_RE.match(value))
 
 
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
 def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now as ISO 8601 UTC with microseconds, e.g. ``2026-12-01T09:14:23.690123Z``.
+
+    Microseconds, because every event's ``created_at`` is stamped here when it is
+    emitted and end-to-end latency is measured from it. The date part is formatted
+    once per second: `datetime.isoformat` was 20% of a busy worker's CPU.
+    """
+    now = time.time()
+    sec = int(now)
+    if sec != _second[0]:
+        _second[0], _second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_second[1]}.{int((now - sec) * 1_000_000):06d}Z"
 
 
 def seconds_since(iso: str) -> float:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.appender import Appender
 from shared.broker.base import Broker, Names
 from shared.dispatch import Dispatch
 from shared.errors import ConfigError
 from shared.eventlog.base import EventLog, RunStore, Scheduler, Stores, WorkerRegistry
+from shared.eventlog.streams import StreamStore
 from shared.lifecycle import Runs
 from shared.settings import Settings
 
@@ -26,6 +28,7 @@ class Runtime:
     embedded: bool
     runs: Runs = field(init=False)
     dispatch: Dispatch = field(init=False)
+    appender: Appender = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -34,6 +37,7 @@ class Runtime:
             publish_grace_s=settings.publish_grace_s,
             max_active_per_owner=settings.max_active_runs_per_owner,
         )
+        self.appender = Appender(self.stores.log, linger_s=settings.append_linger_ms / 1000)
         self.dispatch = Dispatch(
             self.stores.scheduler, self.broker, publish_grace_s=settings.publish_grace_s
         )
@@ -53,6 +57,10 @@ class Runtime:
     @property
     def workers(self) -> WorkerRegistry:
         return self.stores.workers
+
+    @property
+    def streams(self) -> StreamStore:
+        return self.stores.streams
 
     @property
     def names(self) -> Names:
@@ -82,6 +90,7 @@ class Runtime:
         await self.broker.connect()
 
     async def close(self) -> None:
+        await self.appender.close()
         await self.broker.close()
         await self.log.close()
 

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     subscriber_buffer: int = Field(default=1024, ge=8)
     max_streams_per_owner: int = Field(default=200, ge=1)
     max_active_runs_per_owner: int = Field(default=1000, ge=1)
+    # Durable Streams (/ds/): how long a long-poll waits, how long one SSE response lives.
+    ds_long_poll_s: float = Field(default=20.0, gt=0)
+    ds_sse_max_s: float = Field(default=60.0, gt=0)
 
     # Auth and input bounds.
     api_tokens: SecretStr | None = None
@@ -106,6 +109,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     publish_grace_s: float = Field(default=30.0, gt=0)
     tools: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long a worker may hold an emitted chunk to batch it with others while earlier
+    # appends are in flight (an idle worker sends at once): see shared/appender.py.
+    append_linger_ms: float = Field(default=1.0, ge=0, le=1000)
 
     # Delegated operations.
     generator_url: str = "http://127.0.0.1:8001"

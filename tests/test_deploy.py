@@ -54,6 +54,12 @@ MEANINGS: dict[str, str] = {
     "redis_url": "Redis for event logs and run records, e.g. `redis://host:6379/0`; a Redis "
     "Cluster as `redis+cluster://h1:p1,h2:p2` (seed nodes). "
     "Unset: only `runrelay dev` starts (embedded).",
+    "append_linger_ms": "How long a worker may hold a chunk to batch it with others of the "
+    "same run (a quiet run's chunk goes out at once).",
+    "ds_long_poll_s": "How long a Durable Streams `live=long-poll` read waits for data "
+    "before it answers 204.",
+    "ds_sse_max_s": "How long a Durable Streams `live=sse` response stays open before the "
+    "server closes it (clients resume from the last offset).",
     "redis_cluster": "`1`: treat a `redis://` URL as a Redis Cluster seed "
     "(same as `redis+cluster://`).",
     "redis_min_replicas": "Each append waits until this many replicas acknowledged it "

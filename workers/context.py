@@ -8,9 +8,16 @@
         await ctx.complete_message()          # output.message.completed with "Hello world"
         await ctx.tool_completed({"hits": 3})
 
-Every emit is a conditional append held by this worker and attempt: when the run
-was cancelled or handed to another worker it raises `AppendRefused`, which ends
-the tool (the worker writes nothing more). Long waits need no polling: the
+Every emit is a conditional append held by this worker and attempt, made through
+the process's coalescing appender (`shared.appender`): ``await ctx.text(...)``
+returns as soon as the chunk is queued (it waits only when this run or this process
+has too many bytes queued), and chunks waiting together are stored as one atomic
+batch. Each event's ``created_at`` is stamped when the tool emits it, before any
+batching. When the run was cancelled or handed to another worker the batch is
+refused, and the tool's next emit (or `flush`) raises `AppendRefused`, which ends
+the tool (the worker writes nothing more). The worker flushes after the tool
+returns, before the terminal event; ``await ctx.flush()`` waits for the stored
+state at any other point. Long waits need no polling: the
 worker cancels the tool's task when its lease is lost (cancel included) and sets
 `cancelled`, so a tool that must clean up catches `asyncio.CancelledError`.
 """
@@ -27,7 +34,8 @@ from typing import Any, NoReturn
 import httpx
 
 from shared.broker.base import new_operation_id
-from shared.models import Operation, RunRecord
+from shared.eventlog.base import encode_body
+from shared.models import Operation, RunRecord, utcnow
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -45,6 +53,9 @@ class RunContext:
         self.cancelled = asyncio.Event()
         self.tool_call_id = f"call_{run.run_id}_{run.attempt}"
         self._message: list[str] = []
+        self._stream = runtime.appender.stream(
+            run.owner, run.session_id, run.run_id, runtime.runs.emit_rule(run, worker_id)
+        )
 
     @property
     def input(self) -> dict[str, Any]:
@@ -58,42 +69,56 @@ class RunContext:
     def run_id(self) -> str:
         return self.run.run_id
 
-    async def emit(self, type_: str, data: Mapping[str, Any]) -> int:
-        """Append one event (output.*, tool.*, custom.*); returns its id."""
-        return await self.runtime.runs.emit(self.run, type_, data, worker=self.worker_id)
+    async def emit(self, type_: str, data: Mapping[str, Any]) -> None:
+        """Queue one event (output.*, tool.*, custom.*) for appending, stamped now.
 
-    async def text(self, delta: str) -> int:
+        Raises the error that refused an earlier batch of this attempt (`AppendRefused`,
+        `NotFound`, `BackendUnavailable`).
+        """
+        run = self.run
+        body = encode_body(run.run_id, run.session_id, type_, data, utcnow())
+        await self._stream.put(type_, body)
+
+    async def flush(self) -> None:
+        """Wait until every event emitted so far is stored; raises what refused one."""
+        await self._stream.flush()
+
+    def close(self) -> None:
+        """The attempt is over here: drop what is not sent yet."""
+        self._stream.close()
+
+    async def text(self, delta: str) -> None:
         """Stream a piece of assistant text (`output.message.delta`)."""
         self._message.append(delta)
-        return await self.emit("output.message.delta", {"delta": delta})
+        await self.emit("output.message.delta", {"delta": delta})
 
-    async def complete_message(self) -> int:
+    async def complete_message(self) -> None:
         """`output.message.completed` with all text streamed since the last one."""
         text, self._message = "".join(self._message), []
         message = {"role": "assistant", "content": [{"type": "text", "text": text}]}
-        return await self.emit("output.message.completed", {"message": message})
+        await self.emit("output.message.completed", {"message": message})
 
-    async def progress(self, value: float, message: str = "") -> int:
+    async def progress(self, value: float, message: str = "") -> None:
         """`tool.progress` for this run's tool call; `value` is clamped to 0..1."""
         data = {
             "tool_call_id": self.tool_call_id,
             "progress": min(1.0, max(0.0, value)),
             "message": message,
         }
-        return await self.emit("tool.progress", data)
+        await self.emit("tool.progress", data)
 
-    async def tool_started(self, arguments: Mapping[str, Any] | None = None) -> int:
+    async def tool_started(self, arguments: Mapping[str, Any] | None = None) -> None:
         call = {"id": self.tool_call_id, "name": self.run.tool, "arguments": dict(arguments or {})}
-        return await self.emit("tool.started", {"tool_call": call})
+        await self.emit("tool.started", {"tool_call": call})
 
-    async def tool_completed(self, output: object = None, *, success: bool = True) -> int:
+    async def tool_completed(self, output: object = None, *, success: bool = True) -> None:
         data = {
             "tool_call_id": self.tool_call_id,
             "tool_name": self.run.tool,
             "success": success,
             "output": output,
         }
-        return await self.emit("tool.completed", data)
+        await self.emit("tool.completed", data)
 
     def http(self, **kwargs: Any) -> httpx.AsyncClient:
         """A new `httpx.AsyncClient` (use it in ``async with``); kwargs override the defaults."""
@@ -128,6 +153,7 @@ class RunContext:
             "tool_call_id": operation.tool_call_id,
             "tool_name": operation.tool_name,
         }
+        await self.flush()  # everything emitted before comes before `operation.accepted`
         await self.runtime.runs.delegate(self.run, data, worker=self.worker_id)
         # Nobody holds a lease now: the reaper fails the run if no completion comes.
         # (Should this fail, the reaper still finds the run at the old lease end.)

@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -71,6 +73,7 @@ class Execution:
                 lease.cancel()
                 await asyncio.shield(self._finish(status, error))
         finally:
+            self.ctx.close()
             lease.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lease
@@ -89,7 +92,7 @@ class Execution:
         except ValidationError as exc:
             return RunStatus.FAILED, f"invalid input for {run.tool}: {describe_invalid(exc)}"
         try:
-            await tool.fn(self.ctx, args)
+            return await self._tool_then_flush(tool.fn, args)
         except asyncio.CancelledError:
             if self._stopped_by is None:
                 raise  # not ours: the worker is being torn down
@@ -121,9 +124,22 @@ class Execution:
             self.outcome = "lost"
             log.warning("run %s: attempt abandoned, backend unavailable: %s", run.run_id, exc)
             return None
+
+    async def _tool_then_flush(
+        self, fn: Callable[[RunContext, Any], Awaitable[object]], args: Any
+    ) -> tuple[RunStatus, str | None]:
+        """The tool's ending, once everything it emitted is stored (the terminal event
+        must come after all of it). A refused or failed batch raises here as it would
+        at the tool's next emit."""
+        try:
+            await fn(self.ctx, args)
+        except (AppendRefused, NotFound, BackendUnavailable):
+            raise
         except Exception as exc:
-            log.info("run %s: tool %s raised %r", run.run_id, run.tool, exc)
+            log.info("run %s: tool %s raised %r", self.run.run_id, self.run.tool, exc)
+            await self.ctx.flush()
             return RunStatus.FAILED, str(exc) or type(exc).__name__
+        await self.ctx.flush()
         return RunStatus.COMPLETED, None
 
     async def _finish(self, status: RunStatus, error: str | None) -> None:

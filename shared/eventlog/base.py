@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from shared.errors import RunRelayError
+from shared.eventlog.streams import StreamStore
 from shared.keys import Keys
 from shared.models import Operation, Page, RunRecord, RunStatus, StoredEvent
 
@@ -51,6 +53,21 @@ class Transition:
     terminal: bool = False
     expect: Mapping[str, str] = field(default_factory=dict)
     fields: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Events of one run to append in one atomic step under one rule (see `append_batches`).
+
+    `events` are ``(type, body)`` pairs, bodies from `encode_body`. A terminal `rule`
+    ends the run after the last of them.
+    """
+
+    owner: str
+    session_id: str
+    run_id: str
+    events: Sequence[tuple[str, bytes]]
+    rule: Transition
 
 
 class EventLog(Protocol):
@@ -82,6 +99,15 @@ class EventLog(Protocol):
         """Append one event if `rule` allows it; return its id.
 
         Raises `NotFound` for a missing run, `AppendRefused` when the rule refuses.
+        """
+
+    async def append_batches(self, batches: Sequence[Batch]) -> list[int | RunRelayError]:
+        """Append each batch atomically (all its events, consecutive ids, or none); per
+        batch its last id, or the error that refused it (`AppendRefused`, `NotFound`,
+        `BackendUnavailable`). The status and `rule` are checked once per batch. Batches
+        of different runs share round trips; give at most one batch per run per call.
+
+        Raises `BackendUnavailable` when the call as a whole failed.
         """
 
     async def read(self, log_key: str, after: int, limit: int) -> Page:
@@ -206,12 +232,13 @@ def worker_history(
 
 @dataclass(frozen=True, slots=True)
 class Stores:
-    """One backend's four stores, sharing its connections."""
+    """One backend's stores, sharing its connections."""
 
     log: EventLog
     runs: RunStore
     scheduler: Scheduler
     workers: WorkerRegistry
+    streams: StreamStore
 
 
 def record_from(fields: Mapping[str, str]) -> RunRecord:

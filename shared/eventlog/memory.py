@@ -8,9 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import AppendRefused, Conflict, NotFound
+from shared.errors import AppendRefused, Conflict, NotFound, RunRelayError
 from shared.eventlog.base import (
     WORKER_HISTORY_S,
+    Batch,
     Stores,
     Transition,
     record_from,
@@ -142,10 +143,28 @@ class MemoryEventLog:
     async def append(
         self, owner: str, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
     ) -> int:
+        event_id = self._append(Batch(owner, session_id, run_id, ((type_, body),), rule))
+        await self._s.notify()
+        return event_id
+
+    async def append_batches(self, batches: Sequence[Batch]) -> list[int | RunRelayError]:
+        out: list[int | RunRelayError] = []
+        for batch in batches:
+            try:
+                out.append(self._append(batch))
+            except (AppendRefused, NotFound) as exc:
+                out.append(exc)
+        await self._s.notify()
+        return out
+
+    def _append(self, batch: Batch) -> int:
+        """One batch: checked once, then all its events (no await: atomic)."""
+        owner, session_id, run_id, rule = batch.owner, batch.session_id, batch.run_id, batch.rule
         run = self._s.run(run_id)
         if run is None or run["session_id"] != session_id or run["owner"] != owner:
             raise NotFound(f"run {run_id} not found")
         status = run["status"]
+        type_ = batch.events[0][0]
         if status in TERMINAL or (rule.allowed_from and status not in rule.allowed_from):
             raise AppendRefused(run_id, status, type_)
         if any(run.get(k) != v for k, v in rule.expect.items()):
@@ -154,7 +173,9 @@ class MemoryEventLog:
             self._s.keys.session(session_id, owner), _Session(owner)
         )
         sess_log = self._s.logs.setdefault(self._s.keys.session_log(session_id, owner), _Log())
-        event_id = self._s.append_event(run, sess_log, type_, body)
+        event_id = int(run.get("last_event_id", "0"))
+        for type_, body in batch.events:
+            event_id = self._s.append_event(run, sess_log, type_, body)
         now = rule.fields.get("updated_at") or utcnow()
         run["updated_at"] = now
         if rule.to:
@@ -168,7 +189,6 @@ class MemoryEventLog:
             sess.active -= 1
             if sess.active <= 0:
                 sess.expires_at = sess_log.expires_at = expiry
-        await self._s.notify()
         return event_id
 
     async def read(self, log_key: str, after: int, limit: int) -> Page:
@@ -350,11 +370,15 @@ class MemoryWorkerRegistry:
 def memory_stores(
     *, prefix: str = "runrelay:", ttl_s: int = 3600, max_events: int = 10_000
 ) -> Stores:
-    """The four embedded stores on one shared `MemoryState`."""
+    """The embedded stores on one shared `MemoryState`."""
+    # Imported here: the stream store builds on this module's `MemoryState` and `_Log`.
+    from shared.eventlog.memory_streams import MemoryStreamStore
+
     state = MemoryState(prefix=prefix, ttl_s=ttl_s, max_events=max_events)
     return Stores(
         log=MemoryEventLog(state),
         runs=MemoryRunStore(state),
         scheduler=MemoryScheduler(state),
         workers=MemoryWorkerRegistry(state),
+        streams=MemoryStreamStore(state),
     )

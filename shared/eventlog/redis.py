@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -20,9 +20,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from shared.errors import AppendRefused, BackendUnavailable, Conflict, NotFound
+from shared.errors import AppendRefused, BackendUnavailable, Conflict, NotFound, RunRelayError
 from shared.eventlog import scripts
-from shared.eventlog.base import Transition
+from shared.eventlog.base import Batch, Transition
 from shared.keys import Keys
 from shared.models import Page, StoredEvent, utcnow
 
@@ -493,37 +493,97 @@ class RedisEventLog:
             self._redis.zadd(self.keys.owner_runs(owner), {f"{session_id}/{run_id}": score})
         )
 
+    def _rule_args(self, rule: Transition) -> list[Any]:
+        allowed = "," + ",".join(sorted(rule.allowed_from)) + "," if rule.allowed_from else ""
+        return [
+            rule.to or "",
+            "1" if rule.terminal else "0",
+            allowed,
+            rule.fields.get("updated_at") or utcnow(),
+            self._ttl_s,
+            self._max_events,
+            len(rule.expect),
+            *flat_pairs(rule.expect),
+            len(rule.fields),
+            *flat_pairs(rule.fields),
+        ]
+
     async def append(
         self, owner: str, session_id: str, run_id: str, type_: str, body: bytes, rule: Transition
     ) -> int:
-        allowed = "," + ",".join(sorted(rule.allowed_from)) + "," if rule.allowed_from else ""
-        now = rule.fields.get("updated_at") or utcnow()
-        result = await self.conn.write(
-            self._append,
-            self.conn.run_keys(owner, session_id, run_id),
-            [
-                type_,
-                body,
-                rule.to or "",
-                "1" if rule.terminal else "0",
-                allowed,
-                now,
-                self._ttl_s,
-                self._max_events,
-                len(rule.expect),
-                *flat_pairs(rule.expect),
-                len(rule.fields),
-                *flat_pairs(rule.fields),
-            ],
+        [result] = await self.append_batches(
+            [Batch(owner, session_id, run_id, ((type_, body),), rule)]
         )
-        event_id, status = int(result[0]), result[1].decode()
-        if event_id > 0:
-            if rule.terminal:
-                await self._call(self._redis.expire(self.keys.run_index(run_id), self._ttl_s))
-            return event_id
-        if not status:
-            raise NotFound(f"run {run_id} not found")
-        raise AppendRefused(run_id, status, type_)
+        if isinstance(result, RunRelayError):
+            raise result
+        return result
+
+    async def append_batches(self, batches: Sequence[Batch]) -> list[int | RunRelayError]:
+        """One pipelined round trip of APPEND calls (not a MULTI: each call is atomic on
+        its own, and every key of one call shares its session's hash tag, so on a cluster
+        a pipeline splits by slot without splitting any call)."""
+        calls = []
+        for b in batches:
+            events = [part for event in b.events for part in event]
+            keys = self.conn.run_keys(b.owner, b.session_id, b.run_id)
+            calls.append(("EVALSHA", self._append.sha, 5, *keys, *self._rule_args(b.rule), *events))
+        if self.conn.cluster or self.conn.min_replicas:
+            # Each batch on its own (concurrently): `conn.write` routes it to its slot's
+            # node and, with RUNRELAY_REDIS_MIN_REPLICAS, WAITs for it on that connection.
+            replies = await asyncio.gather(
+                *(self._write_one(list(call[3:8]), list(call[8:])) for call in calls)
+            )
+        else:
+            replies = await self._pipelined(calls)
+        out: list[int | RunRelayError] = []
+        expire = []
+        for b, reply in zip(batches, replies, strict=True):
+            if isinstance(reply, BackendUnavailable):
+                out.append(reply)
+                continue
+            if isinstance(reply, Exception):
+                out.append(self.conn.unavailable(reply))
+                continue
+            event_id, status = int(reply[0]), reply[1].decode()
+            if event_id > 0:
+                out.append(event_id)
+                if b.rule.terminal:
+                    expire.append(b.run_id)
+            elif not status:
+                out.append(NotFound(f"run {b.run_id} not found"))
+            else:
+                out.append(AppendRefused(b.run_id, status, b.events[0][0]))
+        if expire:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in expire:
+                    pipe.expire(self.keys.run_index(run_id), self._ttl_s)
+                await self._call(pipe.execute())
+        return out
+
+    async def _write_one(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self.conn.write(self._append, keys, args)
+        except BackendUnavailable as exc:
+            return exc
+
+    async def _pipelined(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """Replies (or the error of each call) to `calls` sent in one pipeline; a script
+        Redis no longer has (a restart, SCRIPT FLUSH) is loaded and its calls resent."""
+
+        async def send(batch: list[tuple[Any, ...]]) -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for call in batch:
+                    pipe.execute_command(*call)
+                replies: list[Any] = await self._call(pipe.execute(raise_on_error=False))
+                return replies
+
+        replies = await send(calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            await self._call(self._redis.script_load(scripts.APPEND))
+            for i, reply in zip(missing, await send([calls[i] for i in missing]), strict=True):
+                replies[i] = reply
+        return replies
 
     # Reading ------------------------------------------------------------------------
     async def read(self, log_key: str, after: int, limit: int) -> Page:

@@ -14,6 +14,7 @@ import orjson
 from shared.eventlog import scripts
 from shared.eventlog.base import WORKER_HISTORY_S, Stores, record_from, worker_history
 from shared.eventlog.redis import RedisConnection, RedisEventLog, decoded, flat_pairs
+from shared.eventlog.redis_streams import RedisStreamStore
 from shared.models import Operation, RunRecord
 
 
@@ -237,7 +238,7 @@ def redis_stores(
     min_replicas: int = 0,
     min_replicas_timeout_ms: int = 1000,
 ) -> Stores:
-    """The four stores on one Redis (or one Redis Cluster), sharing one `RedisConnection`."""
+    """The stores on one Redis (or one Redis Cluster), sharing one `RedisConnection`."""
     conn = RedisConnection(
         url,
         prefix=prefix,
@@ -251,4 +252,5 @@ def redis_stores(
         runs=RedisRunStore(conn),
         scheduler=RedisScheduler(conn),
         workers=RedisWorkerRegistry(conn),
+        streams=RedisStreamStore(conn),
     )

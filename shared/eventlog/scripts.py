@@ -7,17 +7,25 @@ Every key one script touches shares the session hash tag (see `shared.keys`).
 
 from __future__ import annotations
 
-# Shared by CREATE and APPEND: append one pre-encoded event to the run log and the
-# session log, assigning both ids from counters kept in the run and session hashes.
-_APPEND_EVENT = """
-local function append_event(run, log, sess, slog, etype, body, maxlen)
-  local id = redis.call('HINCRBY', run, 'last_event_id', 1)
-  redis.call('XADD', log, 'MAXLEN', maxlen, '0-' .. id,
-             't', etype, 'd', '{"id":' .. id .. ',' .. body)
-  local sid = redis.call('HINCRBY', sess, 'last_event_id', 1)
-  redis.call('XADD', slog, 'MAXLEN', maxlen, '0-' .. sid,
-             't', etype, 'd', '{"id":' .. sid .. ',"run_event_id":' .. id .. ',' .. body)
-  -- Readers following these logs (an API's tail hub) hear of the news on the log's key.
+# Shared by CREATE and APPEND: append the pre-encoded events args[first], args[first+1],
+# ... (type, body pairs up to args[last]) to the run log and the session log. Each
+# counter moves once per batch (HINCRBY by n), so the ids are consecutive; readers
+# following these logs (an API's tail hub) hear of the news once per batch, on the
+# log's key, with the batch's last id.
+_APPEND_EVENTS = """
+local function append_events(run, log, sess, slog, maxlen, args, first, last)
+  local n = (last - first + 1) / 2
+  local id = redis.call('HINCRBY', run, 'last_event_id', n) - n
+  local sid = redis.call('HINCRBY', sess, 'last_event_id', n) - n
+  for i = first, last, 2 do
+    id = id + 1
+    sid = sid + 1
+    local etype, body = args[i], args[i + 1]
+    redis.call('XADD', log, 'MAXLEN', maxlen, '0-' .. id,
+               't', etype, 'd', '{"id":' .. id .. ',' .. body)
+    redis.call('XADD', slog, 'MAXLEN', maxlen, '0-' .. sid,
+               't', etype, 'd', '{"id":' .. sid .. ',"run_event_id":' .. id .. ',' .. body)
+  end
   redis.call('SPUBLISH', log, id)
   redis.call('SPUBLISH', slog, sid)
   return id
@@ -27,7 +35,7 @@ end
 # KEYS: run, run log, session, session log, session runs
 # ARGV: owner, run_id, created_score, first type, first body, maxlen, n, field/value pairs...
 CREATE = (
-    _APPEND_EVENT
+    _APPEND_EVENTS
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
 redis.call('HSET', KEYS[3], 'owner', ARGV[1])
@@ -36,45 +44,48 @@ for i = 8, 7 + 2 * n, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HINCRBY', KEYS[3], 'active', 1)
 for i = 3, 5 do redis.call('PERSIST', KEYS[i]) end
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[2])
-append_event(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARGV[6])
+append_events(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV, 4, 5)
 return 'ok'
 """
 )
 
+# One batch of N >= 1 events of one run under one rule, atomically: the status and
+# the expectations are checked once, all N events are stored with consecutive ids
+# or none is, and a terminal rule ends the run after the batch's last event (so
+# nothing can follow the terminal event, in this batch or any later one).
 # KEYS: run, run log, session, session log, session runs
-# ARGV: type, body, to ('' = keep), terminal ('1'/'0'), allowed (',a,b,' or ''), now,
-#       ttl, maxlen, n_expect, expect pairs..., n_fields, field pairs...
-# Returns {id, previous status} on success, {0, status} when missing or refused
+# ARGV: to ('' = keep), terminal ('1'/'0'), allowed (',a,b,' or ''), now, ttl, maxlen,
+#       n_expect, expect pairs..., n_fields, field pairs..., then the events:
+#       type, body, type, body, ... to the end.
+# Returns {last id, previous status} on success, {0, status} when missing or refused
 # ('' = missing), {-1, status, field} when an expectation failed.
 APPEND = (
-    _APPEND_EVENT
+    _APPEND_EVENTS
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, ''} end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return {0, status}
 end
-if ARGV[5] ~= '' and not string.find(ARGV[5], ',' .. status .. ',', 1, true) then
+if ARGV[3] ~= '' and not string.find(ARGV[3], ',' .. status .. ',', 1, true) then
   return {0, status}
 end
-local ne = tonumber(ARGV[9])
-local i = 10
+local ne = tonumber(ARGV[7])
+local i = 8
 for _ = 1, ne do
   if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return {-1, status, ARGV[i]} end
   i = i + 2
 end
 local nf = tonumber(ARGV[i])
-i = i + 1
-local id = append_event(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[8])
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[3]) end
-for _ = 1, nf do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-if ARGV[4] == '1' then
-  local ttl = tonumber(ARGV[7])
-  redis.call('HSET', KEYS[1], 'finished_at', ARGV[6])
+local fields = i + 1
+local first = fields + 2 * nf
+local id = append_events(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV, first, #ARGV)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[1]) end
+for f = fields, first - 1, 2 do redis.call('HSET', KEYS[1], ARGV[f], ARGV[f + 1]) end
+if ARGV[2] == '1' then
+  local ttl = tonumber(ARGV[5])
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[4])
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
   if redis.call('HINCRBY', KEYS[3], 'active', -1) <= 0 then

@@ -1,0 +1,1 @@
+"""Durable Streams (the open protocol, PROTOCOL.md v1) under ``/ds/``, on the event log."""

@@ -1,0 +1,80 @@
+"""The `StreamStore` contract, over the embedded store and real Redis alike."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.eventlog.base import Stores
+from shared.eventlog.streams import MESSAGE, Producer, StreamConfig
+
+TEXT = StreamConfig("text/plain")
+P = "owner"
+
+
+async def messages(stores: Stores, path: str) -> list[bytes]:
+    found = await stores.streams.read(P, path, 0, 100)
+    assert found is not None
+    return [e.json for e in found[1] if e.type == MESSAGE]
+
+
+async def test_create_is_idempotent_per_config(stores: Stores) -> None:
+    s = stores.streams
+    assert (await s.create(P, "a", TEXT, [b"x"], False))[0] == "created"
+    assert (await s.create(P, "a", StreamConfig("TEXT/plain"), [], False))[0] == "exists"
+    assert (await s.create(P, "a", StreamConfig("text/plain", ttl_s=5), [], False))[0] == (
+        "conflict"
+    )
+    assert await s.info("someone else", "a") is None  # streams are per owner
+
+
+async def test_producer_dedup_fencing_and_gaps(stores: Stores) -> None:
+    s = stores.streams
+    await s.create(P, "p", TEXT, [], False)
+    ok = await s.append(P, "p", "text/plain", [b"0"], producer=Producer("w", 0, 0))
+    assert (ok.status, ok.tail) == ("ok", 1)
+    dup = await s.append(P, "p", "text/plain", [b"0"], producer=Producer("w", 0, 0))
+    assert (dup.status, dup.seq) == ("duplicate", 0)
+    gap = await s.append(P, "p", "text/plain", [b"2"], producer=Producer("w", 0, 2))
+    assert (gap.status, gap.seq) == ("gap", 1)
+    assert (
+        await s.append(P, "p", "text/plain", [b"e"], producer=Producer("w", 1, 0))
+    ).status == "ok"
+    stale = await s.append(P, "p", "text/plain", [b"z"], producer=Producer("w", 0, 1))
+    assert (stale.status, stale.epoch) == ("stale_epoch", 1)
+    assert await messages(stores, "p") == [b"0", b"e"]
+
+
+async def test_concurrent_retries_store_once(stores: Stores) -> None:
+    s = stores.streams
+    await s.create(P, "r", TEXT, [], False)
+    done = await asyncio.gather(
+        *(s.append(P, "r", "text/plain", [b"m"], producer=Producer("w", 0, 0)) for _ in range(10))
+    )
+    assert sorted(d.status for d in done) == ["duplicate"] * 9 + ["ok"]
+    assert await messages(stores, "r") == [b"m"]
+
+
+async def test_close_is_atomic_with_the_final_append(stores: Stores) -> None:
+    s = stores.streams
+    await s.create(P, "c", TEXT, [b"a"], False)
+    closed = await s.append(P, "c", "text/plain", [b"z"], close=True)
+    assert (closed.status, closed.tail, closed.closed) == ("ok", 2, True)
+    assert (await s.append(P, "c", "text/plain", [b"late"])).status == "closed"
+    found = await s.read(P, "c", 0, 10)
+    assert found is not None
+    assert [e.type for e in found[1]] == [MESSAGE, MESSAGE, "c"]
+
+
+async def test_delete_with_forks_is_soft_until_the_last_fork_goes(stores: Stores) -> None:
+    s = stores.streams
+    await s.create(P, "src", TEXT, [b"a"], False)
+    assert await s.retain(P, "src") == "ok"
+    await s.create(
+        P, "fork", StreamConfig("text/plain", fork_of="src", fork_offset=1), [b"a"], False
+    )
+    assert await s.delete(P, "src") == "soft"
+    info = await s.info(P, "src")
+    assert info is not None and info.gone
+    assert (await s.create(P, "src", TEXT, [], False))[0] == "gone"
+    assert await s.delete(P, "fork") == "deleted"
+    assert await s.info(P, "src") is None
