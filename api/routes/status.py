@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query
 from prometheus_client import REGISTRY
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import latency
 from api.deps import Operator, State
 from api.openapi import errors
 from shared.eventlog.base import WORKER_HISTORY_S
@@ -84,10 +85,19 @@ _GRAPHED = (
 )
 
 
+class Latency(BaseModel):
+    count: int = Field(description="events delivered in the window")
+    p50: float | None = None
+    p99: float | None = None
+
+
 class Snapshot(BaseModel):
     at: float
     metrics: dict[str, dict[str, float]]
     queues: list[Queue]
+    deliver_latency_s: Latency = Field(
+        description="emit→deliver latency over the last 10 s (the histogram is on /metrics)"
+    )
 
 
 def _sample_totals() -> dict[str, dict[str, float]]:
@@ -116,4 +126,5 @@ async def metrics_snapshot(state: State, owner: Operator) -> dict[str, Any]:
         "queues": [
             {"name": q.name, "messages": q.messages, "consumers": q.consumers} for q in queues
         ],
+        "deliver_latency_s": latency.recent_quantiles((0.5, 0.99)),
     }

@@ -244,7 +244,7 @@ function sparkline(name, label, unit) {
   figure.className = "spark";
   figure.dataset.series = name;
   figure.dataset.points = String(values.length);
-  figure.innerHTML = `<figcaption>${label} <b>${last.toFixed(unit === "/s" ? 1 : 0)}${unit}</b></figcaption>` +
+  figure.innerHTML = `<figcaption>${label} <b>${last.toFixed(unit === "" ? 0 : 1)}${unit}</b></figcaption>` +
     `<svg viewBox="0 0 100 30" preserveAspectRatio="none"><polyline points="${points}"/></svg>`;
   return figure;
 }
@@ -271,6 +271,10 @@ async function refreshGraphs() {
     push("events_sent", rate(total(m.runrelay_api_events_sent), total(lastSnapshot.metrics.runrelay_api_events_sent)));
   }
   push("open_streams", total(m.runrelay_api_open_streams));
+  // Over the last 10 s of deliveries; 0 while nothing was delivered.
+  const latency = snap.deliver_latency_s || {};
+  push("latency_p50", latency.p50 == null ? 0 : latency.p50 * 1000);
+  push("latency_p99", latency.p99 == null ? 0 : latency.p99 * 1000);
   for (const q of snap.queues) {
     push(`queue:${q.name}`, q.messages);
     push(`consumers:${q.name}`, q.consumers);
@@ -283,6 +287,8 @@ async function refreshGraphs() {
     sparkline("runs_cancelled", "cancelled", "/s"),
     sparkline("events_sent", "events sent", "/s"),
     sparkline("open_streams", "open streams", ""),
+    sparkline("latency_p50", "emit→deliver p50", " ms"),
+    sparkline("latency_p99", "emit→deliver p99", " ms"),
     ...snap.queues.map((q) => sparkline(`queue:${q.name}`, `${q.name} depth`, "")),
     ...snap.queues.map((q) => sparkline(`consumers:${q.name}`, `${q.name} consumers`, "")),
   ];

@@ -80,6 +80,14 @@ async def test_an_operator_finds_why_a_run_failed_retries_it_and_sees_the_graphs
         "?.dataset.points) >= 3",
         timeout=TIMEOUT_MS,
     )
+    # A client following a run live: the hub times each event from its created_at.
+    async with httpx.AsyncClient(base_url=dev.url, timeout=30.0) as http:
+        followed = (await http.post("/v1/runs", json=story)).json()
+        async with http.stream("GET", followed["events_url"]) as stream:
+            await stream.aread()
+    await page.wait_for_function(
+        "(series.latency_p99 || []).some((ms) => ms > 0)", timeout=TIMEOUT_MS
+    )
     await page.locator("#graphs-panel").screenshot(path=str(DOCS / "console-graphs.png"))
 
 
