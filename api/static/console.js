@@ -103,7 +103,7 @@ async function showRun(runId) {
     const gone = err.status === 404;
     $("detail-error").textContent = gone ? "This run no longer exists (expired, or the embedded backend restarted)." : explain(err);
     $("detail-error").hidden = false;
-    $("detail-fields").replaceChildren();
+    $("detail-fields").replaceChildren(...(gone ? field("status", "gone", "status status-gone") : []));
     $("detail-retry").disabled = $("detail-cancel").disabled = true;
     panel.dataset.state = gone ? "gone" : "error";
     return;

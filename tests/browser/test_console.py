@@ -165,3 +165,36 @@ async def test_an_operator_sees_which_workers_left_and_whether_they_stopped_or_w
     assert "heartbeat ran out" in (await lost_row.text_content() or "")
     assert await history.locator("tr[data-left=live]").count() == 1  # dev's own worker
     await page.locator("#ops-panel").screenshot(path=str(DOCS / "console-workers.png"))
+
+
+async def test_runs_lost_in_an_embedded_restart_show_as_gone_in_every_pane(
+    page: Page, processes: Processes, tmp_path: Path
+) -> None:
+    dev = await start_dev(processes, tmp_path, EMBEDDED)
+    slow = {"tool": "story", "input": {"prompt": "a long road", "paragraphs": 50, "delay_ms": 200}}
+    async with httpx.AsyncClient(base_url=dev.url, timeout=10.0) as http:
+        run_id = (await http.post("/v1/runs", json=slow)).json()["run_id"]
+    await open_console(page, dev.url)
+    await page.locator(f"#runs tr[data-run-id='{run_id}'] button", has_text="follow").click()
+    await page.locator(f"#runs tr[data-run-id='{run_id}'] button", has_text="details").click()
+    await page.wait_for_selector("#follow-status.status-running", timeout=TIMEOUT_MS)
+    await page.wait_for_selector("#detail[data-state=running]", timeout=TIMEOUT_MS)
+    assert await page.is_enabled("#cancel") and await page.is_enabled("#detail-cancel")
+
+    # The embedded backend forgets everything; the page stays open at the same address.
+    dev.proc.terminate()
+    assert await dev.proc.wait_async(30) == 0
+    port = int(dev.url.rsplit(":", 1)[1])
+    (tmp_path / "again").mkdir()
+    await start_dev(processes, tmp_path / "again", EMBEDDED, port=port)
+
+    await page.wait_for_selector("#follow-status.status-gone", timeout=TIMEOUT_MS)
+    await page.wait_for_selector("#detail[data-state=gone]", timeout=TIMEOUT_MS)
+    assert await page.is_disabled("#cancel") and await page.is_disabled("#detail-cancel")
+    assert "no longer exists" in (await page.text_content("#detail-error") or "")
+    await page.wait_for_function(
+        f"!document.querySelector(\"#runs tr[data-run-id='{run_id}']\")", timeout=TIMEOUT_MS
+    )
+    await page.reload()  # what the page saved says gone too, not running
+    await page.wait_for_selector("#follow-status.status-gone", timeout=TIMEOUT_MS)
+    assert await page.is_disabled("#cancel")
