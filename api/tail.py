@@ -259,8 +259,12 @@ class TailHub:
         backoff = _BACKOFF_FIRST_S
         while not self._closing:
             if not self._follows:
+                # Following nothing: the log's pub/sub connections and readers go too.
+                with contextlib.suppress(BackendUnavailable):
+                    await self._log.idle()
                 self._work.clear()
-                await self._work.wait()
+                if not self._follows:
+                    await self._work.wait()
                 continue
             cursors = {key: follow.cursor for key, follow in self._follows.items()}
             cursors[self._wake_key] = self._wake_cursor

@@ -10,6 +10,8 @@
 The connection is robust: when RabbitMQ goes away, aio-pika reconnects (waiting
 longer the longer the broker stays away), re-declares the topology and resumes
 the consumers. Publishing while disconnected raises `PublishFailed` at once.
+Given several URLs (the nodes of one cluster, comma-separated), the first that
+answers is used, and each reconnect attempt takes the next node in turn.
 
 A `Retry` is an ack plus a confirmed re-publish into `runrelay.retry.<queue>`,
 a consumer-less queue whose per-message TTL dead-letters the message back to
@@ -39,6 +41,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from aio_pika.connection import make_url
 from aio_pika.robust_connection import RobustConnection
 
 from shared import tracing
@@ -105,10 +108,13 @@ class _Route:
 
 
 class _BackoffConnection(RobustConnection):
-    """A robust connection whose pause between attempts grows while the broker is away."""
+    """A robust connection whose pause between attempts grows while the broker is away,
+    and whose reconnect attempts go round the cluster's `nodes` (the connected one first)."""
 
     _base_interval: float = RECONNECT_FIRST_S
     _down_since: float | None = None
+    nodes: tuple[str, ...] = ()
+    _node = 0
 
     @property
     def reconnect_interval(self) -> float:
@@ -129,6 +135,16 @@ class _BackoffConnection(RobustConnection):
     async def _on_connected(self) -> None:
         await super()._on_connected()
         self._down_since = None
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        # aio-pika's one place where a reconnect attempt is made (a private name; the
+        # several-URLs contract test fails if an upgrade renames it). Each attempt goes
+        # to the next node, so a dead node costs one failed attempt per round.
+        if len(self.nodes) > 1:
+            self._node = (self._node + 1) % len(self.nodes)
+            self.url = make_url(self.nodes[self._node])
+        connect = super()._RobustConnection__connect_transport  # type: ignore[misc]
+        await connect()
 
 
 def outgoing_message(
@@ -176,7 +192,10 @@ def _instrument() -> None:
 
 
 class RabbitBroker:
-    """The `Broker` on RabbitMQ. `name` is the connection name operators see in RabbitMQ."""
+    """The `Broker` on RabbitMQ. `name` is the connection name operators see in RabbitMQ.
+
+    `url` may list the nodes of one cluster, comma-separated, tried in order.
+    """
 
     def __init__(
         self,
@@ -190,8 +209,8 @@ class RabbitBroker:
     ) -> None:
         self.max_deliveries = max_deliveries
         self.names = names = names or Names()
-        self._url = url
-        self._where = _masked(url)
+        self._urls = [part.strip() for part in url.split(",") if part.strip()]
+        self._where = ", ".join(_masked(node) for node in self._urls)
         self._name = name
         self._publish_timeout_s = publish_timeout_s
         self._connect_timeout_s = connect_timeout_s
@@ -219,21 +238,30 @@ class RabbitBroker:
         self._dead_queue: AbstractQueue | None = None
         self._consumers: set[_RabbitConsumer] = set()
 
+    async def _connect_first(self) -> AbstractRobustConnection:
+        """A robust connection to the first node that answers, the others its fallbacks."""
+        failures = []
+        for index, url in enumerate(self._urls):
+            try:
+                connection = await aio_pika.connect_robust(
+                    url,
+                    connection_class=_BackoffConnection,
+                    reconnect_interval=RECONNECT_FIRST_S,
+                    client_properties={"connection_name": self._name},
+                    timeout=self._connect_timeout_s,
+                )
+            except Exception as exc:  # every failure here means the same thing to the caller
+                failures.append(f"{_masked(url)}: {type(exc).__name__}: {exc}")
+                continue
+            assert isinstance(connection, _BackoffConnection)
+            connection.nodes = (*self._urls[index:], *self._urls[:index])
+            return connection
+        raise BackendUnavailable(f"RabbitMQ unreachable at {'; '.join(failures)}")
+
     async def connect(self) -> None:
         if tracing.enabled():
             _instrument()
-        try:
-            connection = await aio_pika.connect_robust(
-                self._url,
-                connection_class=_BackoffConnection,
-                reconnect_interval=RECONNECT_FIRST_S,
-                client_properties={"connection_name": self._name},
-                timeout=self._connect_timeout_s,
-            )
-        except Exception as exc:  # every failure here means the same thing to the caller
-            raise BackendUnavailable(
-                f"RabbitMQ unreachable at {self._where}: {type(exc).__name__}: {exc}"
-            ) from exc
+        connection = await self._connect_first()
         try:
             self._publisher = await connection.channel(
                 publisher_confirms=True, on_return_raises=True

@@ -121,6 +121,9 @@ class EventLog(Protocol):
     async def wake(self, wake_key: str) -> None:
         """Make a `wait` that includes `wake_key` return now (used to add logs to a wait)."""
 
+    async def idle(self) -> None:
+        """The waiter follows nothing now: release what waiting holds (connections, tasks)."""
+
     async def append_topic(self, owner: str, topic: str, type_: str, body: bytes) -> int:
         """Append to a topic's log (a log without a run); return the id."""
 

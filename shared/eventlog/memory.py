@@ -222,6 +222,9 @@ class MemoryEventLog:
                 except TimeoutError:
                     return {}
 
+    async def idle(self) -> None:
+        return None
+
     async def wake(self, wake_key: str) -> None:
         log = self._s.logs.setdefault(wake_key, _Log())
         log.add("wake", b"{}", 1)

@@ -22,7 +22,7 @@ from shared.models import RunRecord
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.faults.conftest import post_run, spawn_api
-from tests.faults.invariants import run_ended_once
+from tests.faults.invariants import all_end, run_ended_once
 from tests.operations.conftest import MakeSystem
 from tests.support.procs import Proc, Processes
 from tests.support.rabbit_node import rabbitmqctl
@@ -80,11 +80,7 @@ async def test_runs_queued_running_and_waiting_all_complete_across_a_rabbitmq_re
                 await system.complete_once_reconnected(run, op_id)
 
             everything = [*waiting, *running, *queued]
-
-            async def all_ended() -> bool:
-                return all([(await runtime.runs.get(r.run_id)).terminal for r in everything])
-
-            await wait_for(all_ended, timeout=60, interval=0.2, message="runs still open")
+            await all_end(runtime, [r.run_id for r in everything], message="runs still open")
             for run in everything:
                 log = await run_ended_once(runtime, run.run_id)
                 kinds = [e["type"] for e in log]
