@@ -11,6 +11,7 @@ observes (the worker's heartbeat, the run's record and log).
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,20 @@ from shared.models import StoredEvent
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.faults.conftest import spawn_api
+from tests.support.devserver import REPO
 from tests.support.procs import Processes
 from tests.support.shipped import spawn_role
 from tests.support.wait import wait_for
 from tests.workers.support import started
+
+
+def ensure_node_packages() -> None:
+    """The pinned npm packages of tests/conformance (scripts/ensure-conformance), or fail."""
+    install = subprocess.run(
+        [str(REPO / "scripts" / "ensure-conformance")], capture_output=True, text=True, check=False
+    )
+    if install.returncode != 0:
+        pytest.fail(f"scripts/ensure-conformance failed:\n{install.stderr}", pytrace=False)
 
 
 @dataclass
