@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     # asynchronous replication (see docs/scaling.md for what a failover may lose).
     redis_min_replicas: int = Field(default=0, ge=0, le=16)
     redis_min_replicas_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
+    # Several URLs, comma-separated, are the nodes of one RabbitMQ cluster, tried in order.
     amqp_url: str | None = None
     key_prefix: str = Field(default="runrelay:", min_length=1, max_length=64)
 

@@ -67,7 +67,10 @@ MEANINGS: dict[str, str] = {
     "redis_min_replicas_timeout_ms": "How long an append waits for those replicas before "
     "it counts as a backend error (the attempt is retried).",
     "amqp_url": "RabbitMQ for the run queue and completions, e.g. "
-    "`amqp://user:pass@host:5672/`. Unset: only `runrelay dev` starts (embedded).",
+    "`amqp://user:pass@host:5672/`. For a cluster, its nodes' URLs comma-separated "
+    "(`amqp://u:p@rmq1:5672/,amqp://u:p@rmq2:5672/`; a comma in a password is `%2C`): a "
+    "process connects to the first that answers and, when its node goes away, reconnects "
+    "to the next in turn (see docs/scaling.md). Unset: only `runrelay dev` starts (embedded).",
     "key_prefix": "Prefix of every Redis key; two deployments with different prefixes share "
     "one Redis without seeing each other.",
     "stream_ttl_s": "How long a run's log and record are kept after the run ends (refreshed "

@@ -10,6 +10,8 @@
 The connection is robust: when RabbitMQ goes away, aio-pika reconnects (waiting
 longer the longer the broker stays away), re-declares the topology and resumes
 the consumers. Publishing while disconnected raises `PublishFailed` at once.
+Given several URLs (the nodes of one cluster, comma-separated), the first that
+answers is used, and each reconnect attempt takes the next node in turn.
 
 A `Retry` is an ack plus a confirmed re-publish into `runrelay.retry.<queue>`,
 a consumer-less queue whose per-message TTL dead-letters the message back to
@@ -42,6 +44,7 @@ from aio_pika.abc import (
 from aio_pika.connection import make_url
 from aio_pika.robust_connection import RobustConnection
 
+from shared import tracing
 from shared.broker.base import (
     COMPLETIONS_EXCHANGE,
     COMPLETIONS_ROUTING_KEY,
@@ -119,10 +122,13 @@ class _Route:
 
 
 class _BackoffConnection(RobustConnection):
-    """A robust connection whose pause between attempts grows while the broker is away."""
+    """A robust connection whose pause between attempts grows while the broker is away,
+    and whose reconnect attempts go round the cluster's `nodes` (the connected one first)."""
 
     _base_interval: float = RECONNECT_FIRST_S
     _down_since: float | None = None
+    nodes: tuple[str, ...] = ()
+    _node = 0
 
     @property
     def reconnect_interval(self) -> float:
@@ -143,6 +149,16 @@ class _BackoffConnection(RobustConnection):
     async def _on_connected(self) -> None:
         await super()._on_connected()
         self._down_since = None
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        # aio-pika's one place where a reconnect attempt is made (a private name; the
+        # several-URLs contract test fails if an upgrade renames it). Each attempt goes
+        # to the next node, so a dead node costs one failed attempt per round.
+        if len(self.nodes) > 1:
+            self._node = (self._node + 1) % len(self.nodes)
+            self.url = make_url(self.nodes[self._node])
+        connect = super()._RobustConnection__connect_transport  # type: ignore[misc]
+        await connect()
 
 
 def outgoing_message(
@@ -177,8 +193,23 @@ def _masked(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5672} (vhost {vhost})"
 
 
+def _instrument() -> None:
+    """aio-pika's OpenTelemetry instrumentation: a span per publish and per delivery, the
+    trace context injected into and read from the message headers (shared.tracing)."""
+    try:
+        from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
+    except ImportError:
+        return
+    instrumentor = AioPikaInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+
+
 class RabbitBroker:
-    """The `Broker` on RabbitMQ. `name` is the connection name operators see in RabbitMQ."""
+    """The `Broker` on RabbitMQ. `name` is the connection name operators see in RabbitMQ.
+
+    `url` may list the nodes of one cluster, comma-separated, tried in order.
+    """
 
     def __init__(
         self,
@@ -192,8 +223,8 @@ class RabbitBroker:
     ) -> None:
         self.max_deliveries = max_deliveries
         self.names = names = names or Names()
-        self._url = url
-        self._where = _masked(url)
+        self._urls = [part.strip() for part in url.split(",") if part.strip()]
+        self._where = ", ".join(_masked(node) for node in self._urls)
         self._name = name
         self._publish_timeout_s = publish_timeout_s
         self._connect_timeout_s = connect_timeout_s
@@ -221,36 +252,52 @@ class RabbitBroker:
         self._dead_queue: AbstractQueue | None = None
         self._consumers: set[_RabbitConsumer] = set()
 
+    async def _connect_first(self) -> AbstractRobustConnection:
+        """A robust connection to the first node that answers, the others its fallbacks.
+
+        Each attempt is bounded by `connect_timeout_s`, and the connection is built here
+        rather than by `connect_robust`, so that an attempt that times out can still be
+        closed (with its reconnect task) instead of leaking it.
+        """
+        failures = []
+        for index, url in enumerate(self._urls):
+            connection = _BackoffConnection(
+                make_url(url),
+                client_properties={"connection_name": self._name},
+                reconnect_interval=RECONNECT_FIRST_S,
+            )
+            try:
+                async with asyncio.timeout(self._connect_timeout_s):
+                    await connection.connect(timeout=self._connect_timeout_s)
+            except Exception as exc:  # every failure here means the same thing to the caller
+                await _close_quietly(connection, self._connect_timeout_s)
+                failures.append(f"{_masked(url)}: {_described(exc, self._connect_timeout_s)}")
+                continue
+            connection.nodes = (*self._urls[index:], *self._urls[:index])
+            return connection
+        raise BackendUnavailable(f"RabbitMQ unreachable at {'; '.join(failures)}")
+
     async def connect(self) -> None:
-        """Connect and declare the topology, all within `connect_timeout_s`, or raise.
+        """Connect and declare the topology, each step within `connect_timeout_s`, or raise.
 
         Every step is bounded: a broker that accepts the connection but never answers
         an RPC (seen after a kill -9, while it recovers its quorum queues) must not
         leave the process waiting forever with nothing said.
         """
-        connection: AbstractRobustConnection | None = None
-        step = "connecting"
+        if tracing.enabled():
+            _instrument()
+        connection = await self._connect_first()
+        step = "declaring the topology"
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                # Built here rather than by `connect_robust`, so that a start that
-                # times out still holds the connection and can close it (and its
-                # reconnect task) instead of leaking it.
-                connection = _BackoffConnection(
-                    make_url(self._url),
-                    client_properties={"connection_name": self._name},
-                    reconnect_interval=RECONNECT_FIRST_S,
-                )
-                await connection.connect(timeout=self._connect_timeout_s)
-                step = "declaring the topology"
                 await self._adopt_runs_queue(connection)
                 self._publisher = await connection.channel(
                     publisher_confirms=True, on_return_raises=True
                 )
                 self._admin = await connection.channel(publisher_confirms=False)
                 await self._declare(self._publisher, self._admin)
-        except Exception as exc:  # every failure here means the same thing to the caller
-            if connection is not None:
-                await _close_quietly(connection, self._connect_timeout_s)
+        except Exception as exc:
+            await _close_quietly(connection, self._connect_timeout_s)
             self._publisher = self._admin = self._dead_queue = None
             self._exchanges.clear()
             raise BackendUnavailable(self._startup_failure(step, exc)) from exc
@@ -260,8 +307,6 @@ class RabbitBroker:
         if isinstance(exc, TimeoutError):
             limit = self._connect_timeout_s
             return f"RabbitMQ at {self._where} did not answer within {limit} s ({step})"
-        if step == "connecting":
-            return f"RabbitMQ unreachable at {self._where}: {type(exc).__name__}: {exc}"
         return f"RabbitMQ at {self._where} failed while {step}: {type(exc).__name__}: {exc}"
 
     async def _adopt_runs_queue(self, connection: AbstractRobustConnection) -> None:
@@ -563,6 +608,12 @@ class RabbitBroker:
         except Exception as exc:
             raise BackendUnavailable(f"RabbitMQ at {self._where}: purge failed: {exc}") from exc
         return int(getattr(purged, "message_count", 0) or 0)
+
+
+def _described(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s} s"
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def _close_quietly(

@@ -219,10 +219,16 @@ class _ChangeFeed:
         gone = [k for k in self._node_of_key if k not in cursors]
         moved = [k for keys in by_node.values() for k in keys if k in self._node_of_key]
         for key in [*gone, *moved]:
-            shard = self._shards.get(self._node_of_key.pop(key))
+            node = self._node_of_key.pop(key)
+            shard = self._shards.get(node)
             if shard is not None and key in shard.keys:
                 shard.keys.discard(key)
-                await shard.pubsub.execute_command("SUNSUBSCRIBE", key)
+                if not shard.keys:
+                    # Nothing followed on that node: its connection and task go too.
+                    del self._shards[node]
+                    await shard.close()
+                else:
+                    await shard.pubsub.execute_command("SUNSUBSCRIBE", key)
         for node, keys in by_node.items():
             shard = self._shards.get(node)
             if shard is None:
@@ -366,7 +372,9 @@ class RedisConnection:
         target = {"target_nodes": self.redis.get_node_from_key(keys[0])} if self.cluster else {}
         for loaded in (False, True):
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                # execute_command: a cluster pipeline blocks its `evalsha` method, not the
+                # command (the slot comes from the keys all the same).
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 pipe.execute_command(*wait, **target)
                 try:
                     result, acked = await self.call(pipe.execute())
@@ -654,6 +662,10 @@ class RedisEventLog:
             if found or remaining <= 0:
                 return found
             await asyncio.sleep(min(_POLL_S, remaining))
+
+    async def idle(self) -> None:
+        if not self._feed.busy:
+            await self._feed.reset()
 
     async def wake(self, wake_key: str) -> None:
         # The change feed hears the SPUBLISH; a plain blocking XREAD (see `wait`) the XADD.

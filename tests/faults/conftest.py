@@ -144,7 +144,13 @@ async def spawn_api(
     processes: Processes, settings: Settings, log_path: Path, **extra: str
 ) -> tuple[Proc, int]:
     """`runrelay api` as its own process on a free port, once `/readyz` answers 200."""
-    port = free_port()
+    return await spawn_api_on(processes, settings, log_path, free_port(), **extra)
+
+
+async def spawn_api_on(
+    processes: Processes, settings: Settings, log_path: Path, port: int, /, **extra: str
+) -> tuple[Proc, int]:
+    """`runrelay api` on `port` (a restart behind a balancer that knows the port)."""
     proc = processes.spawn(
         [RUNRELAY, "api", "--port", str(port)],
         process_env(settings, **extra),

@@ -15,8 +15,9 @@ from typing import Any
 
 from shared.models import TERMINAL_EVENTS
 from shared.runtime import Runtime
+from tests.support.wait import wait_for
 
-__all__ = ["delivered_once", "log_of", "run_ended_once", "sound_log"]
+__all__ = ["all_end", "delivered_once", "log_of", "run_ended_once", "sound_log"]
 
 
 async def log_of(runtime: Runtime, run_id: str) -> list[dict[str, Any]]:
@@ -61,3 +62,14 @@ def delivered_once(
         f"delivered {len(received)} of {len(expected)} events after {since}: "
         f"missing {missing[:20]}, repeated {dupes[:20]}, first received {list(received)[:10]}"
     )
+
+
+async def all_end(
+    runtime: Runtime, run_ids: Sequence[str], *, message: str, timeout_s: float = 60.0
+) -> None:
+    """Wait (up to a minute, or the recovery's own deadline) until every run is terminal."""
+
+    async def ended() -> bool:
+        return all([(await runtime.runs.get(run_id)).terminal for run_id in run_ids])
+
+    await wait_for(ended, timeout=timeout_s, interval=0.2, message=message)

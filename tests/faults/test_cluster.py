@@ -8,20 +8,24 @@ seed nodes, as an operator configures them. Clients read raw SSE.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from shared.errors import BackendUnavailable
 from shared.eventlog.redis import RedisEventLog
+from shared.models import RunRecord
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.faults.conftest import ALICE, spawn_api
 from tests.faults.invariants import delivered_once, run_ended_once
 from tests.faults.rawsse import follow
 from tests.support.procs import Processes
-from tests.support.redis_cluster import ThrowawayCluster
+from tests.support.redis_cluster import ThrowawayCluster, _command
+from tests.support.redis_node import ThrowawayRedis
 from tests.support.shipped import spawn_generator, spawn_role
 from tests.support.wait import wait_for
 from tests.workers.support import started
@@ -87,10 +91,10 @@ async def test_a_master_killed_mid_run_fails_over_and_nothing_is_failed_or_repea
     tmp_path: Path,
     cluster: ThrowawayCluster,
 ) -> None:
-    # Appends wait for their replica, so the promoted replica holds every acked event.
+    # Redis's default asynchronous replication (what runrelay promises then is in
+    # docs/scaling.md); RUNRELAY_REDIS_MIN_REPLICAS has its own test below.
     settings = make_settings(
         redis_url=cluster.url,
-        redis_min_replicas=1,
         lease_s=2.0,
         publish_grace_s=3.0,
         heartbeat_s=1.0,
@@ -141,3 +145,37 @@ async def test_a_master_killed_mid_run_fails_over_and_nothing_is_failed_or_repea
             delivered_once(result.ids, log)
     assert "Traceback" not in api.output(), api.output()[-3000:]
     assert "raised" not in worker.output(), worker.output()[-3000:]  # no tool saw the failover
+
+
+async def test_with_min_replicas_an_append_returns_once_a_replica_has_it_else_fails(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with ThrowawayRedis() as master:
+        replica = ThrowawayRedis(extra_args=("--replicaof", "127.0.0.1", str(master.port)))
+        with replica:
+            await wait_for(lambda: _linked(replica.port), timeout=20, message="never synced")
+            settings = make_settings(
+                redis_url=master.url, redis_min_replicas=1, redis_min_replicas_timeout_ms=300
+            )
+            async with started(settings) as runtime:
+                run, _ = await runtime.runs.create(owner="alice", tool="story", input={})
+                claimed = await runtime.runs.start(run, worker="w", lease_until=time.time() + 30)
+                assert claimed is not None
+                await runtime.runs.emit(claimed, "output.message.delta", {"delta": "a"}, worker="w")
+                # The replica holds what the append returned for.
+                assert "output.message.delta" in _replica_log(replica.port, runtime, claimed)
+
+                replica.stop()
+                with pytest.raises(BackendUnavailable, match="RUNRELAY_REDIS_MIN_REPLICAS"):
+                    await runtime.runs.emit(
+                        claimed, "output.message.delta", {"delta": "b"}, worker="w"
+                    )
+
+
+def _linked(port: int) -> bool:
+    return "master_link_status:up" in _command(port, "INFO", "replication")
+
+
+def _replica_log(port: int, runtime: Runtime, run: RunRecord) -> str:
+    key = runtime.log.keys.run_log(run.session_id, run.run_id)
+    return _command(port, "XRANGE", key, "-", "+")

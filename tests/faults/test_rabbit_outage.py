@@ -21,7 +21,7 @@ from shared.models import RunRecord
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.faults.conftest import ALICE, post_run, spawn_api
-from tests.faults.invariants import delivered_once, run_ended_once
+from tests.faults.invariants import all_end, delivered_once, run_ended_once
 from tests.faults.rawsse import follow
 from tests.operations.conftest import MakeSystem
 from tests.support.devserver import REPO, RUNRELAY
@@ -84,12 +84,9 @@ async def test_runs_queued_running_and_waiting_all_complete_across_a_rabbitmq_re
                 await system.complete_once_reconnected(run, op_id)
 
             everything = [*waiting, *running, *queued]
-
-            async def all_ended() -> bool:
-                return all([(await runtime.runs.get(r.run_id)).terminal for r in everything])
-
             # Inside the 30 s publish grace: nothing can have waited for the reaper.
-            await wait_for(all_ended, timeout=25, interval=0.2, message="runs still open")
+            ids = [r.run_id for r in everything]
+            await all_end(runtime, ids, message="runs still open", timeout_s=25)
             for run in everything:
                 log = await run_ended_once(runtime, run.run_id)
                 kinds = [e["type"] for e in log]
@@ -137,11 +134,8 @@ async def test_a_rabbitmq_node_killed_with_runs_queued_and_running_loses_none_an
             await asyncio.to_thread(node.kill)
             await asyncio.to_thread(node.start)
 
-            async def all_ended() -> bool:
-                return all([(await runtime.runs.get(r)).terminal for r in running + queued])
-
             # Well inside the publish grace: only the queue itself can have kept them.
-            await wait_for(all_ended, timeout=25, interval=0.2, message="runs lost with the node")
+            await all_end(runtime, running + queued, message="runs lost", timeout_s=25)
             for run_id in running + queued:
                 kinds = [e["type"] for e in await run_ended_once(runtime, run_id)]
                 assert kinds[-1] == "run.completed", kinds

@@ -8,6 +8,9 @@
         node.stop()                      # or node.kill() for a crash
         node.start()                     # same port, node name and data: messages survive
 
+    with rabbit_cluster(3) as nodes:     # three of our own nodes, clustered (one cookie)
+        nodes[0].kill()                  # the others go on; quorum queues elect a leader
+
 Never touches the machine's shared broker beyond adding and deleting vhosts; a
 node is stopped through its own node name or its own process group, never by
 process name.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,10 +29,18 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-__all__ = ["DEFAULT_AMQP_URL", "RabbitNode", "rabbit_node", "rabbitmqctl", "temp_vhost"]
+__all__ = [
+    "DEFAULT_AMQP_URL",
+    "RabbitNode",
+    "rabbit_cluster",
+    "rabbit_node",
+    "rabbitmqctl",
+    "temp_vhost",
+]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 _SBIN = Path("/usr/lib/rabbitmq/bin")
@@ -41,14 +53,18 @@ def _tool(name: str) -> str:
     return str(direct) if direct.exists() else name
 
 
-def _cookie_home(under: Path) -> Path:
-    """A HOME holding the machine's Erlang cookie, so the CLI may talk to the nodes."""
+def _cookie_home(under: Path, cookie: str | None = None) -> Path:
+    """A HOME holding the Erlang cookie (`cookie`, else the machine's), so the CLI may
+    talk to the nodes — and nodes with the same cookie may cluster."""
     home = under / "home"
     home.mkdir(parents=True, exist_ok=True)
-    cookie = home / ".erlang.cookie"
-    if _MACHINE_COOKIE.exists() and not cookie.exists():
-        shutil.copyfile(_MACHINE_COOKIE, cookie)
-        cookie.chmod(0o600)
+    path = home / ".erlang.cookie"
+    if cookie is not None:
+        path.write_text(cookie)
+        path.chmod(0o600)
+    elif _MACHINE_COOKIE.exists() and not path.exists():
+        shutil.copyfile(_MACHINE_COOKIE, path)
+        path.chmod(0o600)
     return home
 
 
@@ -115,12 +131,12 @@ def _amqp_answers(port: int) -> bool:
 class RabbitNode:
     """A rabbitmq-server of our own in `root`; `start()` and `stop()` as often as needed."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, cookie: str | None = None) -> None:
         self.root = root
         self.port = _free_port()
         self.dist_port = _free_port()
         self.nodename = f"rr-test-{uuid.uuid4().hex[:8]}@localhost"
-        self.home = _cookie_home(root)
+        self.home = _cookie_home(root, cookie)
         self.log_path = root / "server.log"
         self._process: subprocess.Popen[bytes] | None = None
         conf = root / "rabbitmq.conf"
@@ -213,4 +229,32 @@ def rabbit_node() -> Iterator[RabbitNode]:
         try:
             node.stop()
         finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def rabbit_cluster(size: int = 3) -> Iterator[list[RabbitNode]]:
+    """`size` started throwaway nodes clustered with the first; all torn down on exit.
+
+    The nodes boot in parallel (each takes seconds); then every other node leaves
+    its own one-node cluster for the first's (`stop_app`, `join_cluster`, `start_app`).
+    """
+    cookie = secrets.token_hex(16)
+    roots = [Path(tempfile.mkdtemp(prefix="rr-rabbit-")) for _ in range(size)]
+    nodes = [RabbitNode(root, cookie=cookie) for root in roots]
+    first = nodes[0]
+
+    def join(node: RabbitNode) -> None:
+        for args in (("stop_app",), ("join_cluster", first.nodename), ("start_app",)):
+            rabbitmqctl(*args, node=node.nodename, home=node.home)
+
+    try:
+        with ThreadPoolExecutor(size) as pool:
+            list(pool.map(RabbitNode.start, nodes))
+            list(pool.map(join, nodes[1:]))
+        yield nodes
+    finally:
+        with ThreadPoolExecutor(size) as pool:
+            list(pool.map(RabbitNode.kill, nodes))  # a throwaway cluster: no orderly leave
+        for root in roots:
             shutil.rmtree(root, ignore_errors=True)
