@@ -61,8 +61,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-async def fanout(ctx: Ctx, kind: str, n_runs: int, subs: int, events: int) -> dict[str, float]:
-    """R runs x S subscribers x E events, burst: deliveries/s and server CPU per 1,000."""
+async def fanout(
+    ctx: Ctx, kind: str, n_runs: int, subs: int, events: int, producer: str = "pipelined"
+) -> dict[str, float]:
+    """R runs x S subscribers x E events, burst: deliveries/s and server CPU per 1,000.
+
+    `producer`: ``pipelined`` (the APPEND script sent raw in pipelines: `Producer.append`),
+    ``worker`` (through the coalescing appender as a worker's tools emit:
+    `Producer.append_as_worker`) or ``xadd`` (plain XADD, for the ceiling only).
+    """
     prefix = _prefix()
     with spawn(kind, prefix, ctx.redis_url) as (port, pid):
         prod = Producer(ctx.redis_url, prefix)
@@ -73,8 +80,17 @@ async def fanout(ctx: Ctx, kind: str, n_runs: int, subs: int, events: int) -> di
             await fleet.connect([_path(kind, prod, r) for r in runs for _ in range(subs)])
             await asyncio.sleep(1.0)  # every stream past its replay and following live
             cpu0, t0 = cpu_s(pid), time.perf_counter()
-            await prod.append(runs, events)
-            await prod.finish(runs)
+            own0 = time.process_time()
+            if producer == "xadd":
+                await prod.append_xadd(runs, events)
+            else:
+                if producer == "worker":
+                    await prod.append_as_worker(runs, events)
+                else:
+                    await prod.append(runs, events)
+                await prod.finish(runs)
+            produced = time.perf_counter() - t0
+            own = time.process_time() - own0
             await fleet.all_done(300)
             elapsed, cpu = time.perf_counter() - t0, cpu_s(pid) - cpu0
             delivered = fleet.received
@@ -88,6 +104,8 @@ async def fanout(ctx: Ctx, kind: str, n_runs: int, subs: int, events: int) -> di
         "delivered": delivered,
         "expected": n_runs * subs * (events + 3),
         "seconds": elapsed,
+        "append_rate": n_runs * events / produced,
+        "producer_cpu_us": own / (n_runs * events) * 1e6,  # this process, clients included
     }
 
 
