@@ -95,6 +95,7 @@ def _spawn_worker(
         "RUNRELAY_WORKER_CONCURRENCY": str(settings.worker_concurrency),
         "RUNRELAY_STREAM_TTL_S": str(settings.stream_ttl_s),
         "RUNRELAY_PUBLISH_GRACE_S": str(settings.publish_grace_s),
+        "RUNRELAY_STREAM_MAX_EVENTS": str(settings.stream_max_events),
         **(extra_env or {}),
     }
     cmd = [sys.executable, "-m", "workers"]
