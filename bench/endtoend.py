@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
+import subprocess
 import time
 import uuid
 from datetime import datetime
@@ -38,6 +40,7 @@ from bench.client import Fleet
 from bench.report import machine, table
 from bench.servers import pin, raise_fd_limit, spawn
 from bench.workers import REDIS_URL, _amqp_url, _ready, _spawn_worker, _wait_done
+from bench.writepath import _spy
 from shared.models import RunRequestMessage
 from shared.runtime import Runtime
 from shared.settings import load_settings
@@ -82,6 +85,7 @@ async def through_worker(
         proc = None
         fleet = Fleet(port)
         stamps: list[tuple[int, bytes]] = []
+        spies: list[subprocess.Popen[bytes]] = []
         try:
             proc = _spawn_worker(settings, log_path, extra, cpu=1)
             await _ready(runtime, proc.pid)
@@ -93,6 +97,9 @@ async def through_worker(
             paths = [f"/v1/runs/{r.run_id}/events" for r in queued for _ in range(clients)]
             await fleet.connect(paths, stamps=stamps)
             await asyncio.sleep(0.5)  # every stream attached and following
+            profile = os.environ.get("BENCH_PYSPY")
+            if profile:
+                spies = [_spy(api_pid, profile + ".api"), _spy(proc.pid, profile + ".worker")]
             cpu_api, cpu_worker = sc.cpu_s(api_pid), sc.cpu_s(proc.pid)
             t0 = time.perf_counter()
             for run in queued:
@@ -104,6 +111,9 @@ async def through_worker(
             cpu_api = sc.cpu_s(api_pid) - cpu_api
             cpu_worker = sc.cpu_s(proc.pid) - cpu_worker
         finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             fleet.close()
             if proc is not None:
                 proc.terminate()
@@ -141,6 +151,7 @@ async def main(runs: int, clients: int, interval_ms: float, seconds: float) -> l
 
     for linger, label in ((None, "default linger (1 ms)"), (0.0, "RUNRELAY_APPEND_LINGER_MS=0")):
         r = await through_worker(runs, clients, interval_ms, seconds, linger)
+        os.environ.pop("BENCH_PYSPY", None)  # profile the first (default) case only
         row(
             f"worker → Redis → API → client, {label}, {r['rate']:,.0f} events/s",
             r,
