@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.deps import ApiState
+from shared import tracing
 from shared.errors import ConfigError, RunRelayError
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -109,6 +110,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     check_auth(settings)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    tracing.configure("runrelay-api")
     app = create_app(runtime, allow_open=settings.allow_anonymous)
     server = build_server(app, host, port)
     tune_gc()

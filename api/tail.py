@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from typing import NamedTuple
 
-from api import metrics, sse
+from api import latency, metrics, sse
 from shared.errors import BackendUnavailable
 from shared.eventlog.base import EventLog
 from shared.models import PAGE_SIZE, TERMINAL_EVENTS, Page, StoredEvent
@@ -308,6 +308,8 @@ class TailHub:
             return
         batch = Batch.of(frames)
         dropped = [sub for sub in follow.subscribers if not sub.push(batch)]
+        # Once per event, however many subscribers: the hub reads each event once.
+        latency.observe([f.event.json for f in frames])
         for sub in dropped:
             follow.subscribers.discard(sub)
         if dropped:

@@ -184,6 +184,21 @@ def serve_asgi(kind: str, port: int, prefix: str, redis_url: str) -> None:
     )
 
 
+def wait_listening(port: int, proc: subprocess.Popen[bytes], kind: str) -> None:
+    """Return once 127.0.0.1:`port` accepts connections; exit if `proc` dies or 20 s pass."""
+    import socket
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"bench: the {kind} server did not start") from None
+            time.sleep(0.05)
+
+
 @contextmanager
 def spawn(
     kind: str, prefix: str, redis_url: str, heartbeat_s: float = 15.0
@@ -198,15 +213,7 @@ def spawn(
     cmd += ["--redis-url", redis_url, "--heartbeat-s", str(heartbeat_s)]
     proc = subprocess.Popen(cmd)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit(f"bench: the {kind} server did not start") from None
-                time.sleep(0.05)
+        wait_listening(port, proc, kind)
         yield port, proc.pid
     finally:
         proc.terminate()

@@ -32,6 +32,7 @@ from starlette.applications import Starlette
 
 from api.app import create_app
 from api.server import Server, build_server
+from shared import tracing
 from shared.errors import BackendUnavailable
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -71,6 +72,7 @@ def run_dev(settings: Settings, host: str, port: int) -> None:
     try:
         port = sock.getsockname()[1]
         settings = dev_settings(settings, host, port)
+        tracing.configure("runrelay-dev")
         runtime = Runtime.build(settings, allow_embedded=True)
         import uvloop
 

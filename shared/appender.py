@@ -33,6 +33,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
+from shared import tracing
 from shared.errors import BackendUnavailable, RunRelayError
 from shared.eventlog.base import Batch, EventLog, Transition
 
@@ -56,6 +57,7 @@ class RunStream:
         "rule",
         "run_id",
         "session_id",
+        "trace",
     )
 
     def __init__(
@@ -71,11 +73,14 @@ class RunStream:
         self.inflight = False
         self.error: RunRelayError | None = None
         self._drained: asyncio.Future[None] | None = None
+        self.trace: object = None  # the emitting span's context, for the batches' spans
 
     async def put(self, type_: str, body: bytes) -> None:
         """Queue one event; raises the error of an earlier refused batch, if any."""
         if self.error is not None:
             raise self.error
+        if self.trace is None and tracing.enabled():
+            self.trace = tracing.current()
         self.pending.append((type_, body))
         self.bytes += len(body)
         app = self._appender
@@ -202,6 +207,14 @@ class Appender:
 
     async def _round(self, streams: Sequence[RunStream], batches: list[Batch]) -> None:
         results: Sequence[int | RunRelayError] = ()
+        spans = tracing.Spans()
+        if tracing.enabled():
+            for stream, batch in zip(streams, batches, strict=True):
+                attributes: dict[str, str | int] = {
+                    "runrelay.run_id": batch.run_id,
+                    "runrelay.events": len(batch.events),
+                }
+                spans.start("runrelay.append", stream.trace, attributes)
         try:
             results = await self.log.append_batches(batches)
         except RunRelayError as exc:
@@ -219,6 +232,7 @@ class Appender:
                 self._rounds.discard(task)
             for stream, batch, result in zip(streams, batches, results, strict=True):
                 stream.done(batch, result)
+            spans.end()
             self._round_done.set()
             self._space.set()
 

@@ -191,3 +191,5 @@ class Operation(BaseModel):
     session_id: str
     tool_call_id: str
     tool_name: str
+    # The W3C trace context of the run when the operation started (empty: not traced).
+    trace: dict[str, str] = Field(default_factory=dict)

@@ -30,6 +30,7 @@ import orjson
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from shared import tracing
 from shared.broker.base import Ack, Delivery, Outcome, Reject, Retry, operation_tag
 from shared.errors import AppendRefused
 from shared.models import (
@@ -105,7 +106,10 @@ async def handle_completion(runtime: Runtime, delivery: Delivery) -> Outcome:
         COMPLETIONS.labels("ignored_ended").inc()
         log.info("completion %s: run %s is gone; ignored", message.operation_id, run_id)
         return Ack()
-    return await _apply(runtime, delivery, message, op, run)
+    # The external service does not carry our trace: the operation record does.
+    parent = tracing.context_of(op.trace if op is not None else None)
+    with tracing.span("runrelay.complete", {"runrelay.run_id": run_id}, parent=parent):
+        return await _apply(runtime, delivery, message, op, run)
 
 
 async def _apply(

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import signal
 
+from shared import tracing
 from shared.broker.base import Consumer, Delivery, Outcome
 from shared.errors import BackendUnavailable
 from shared.runtime import Runtime
@@ -86,6 +87,7 @@ def run_consumer(settings: Settings) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    tracing.configure("runrelay-consumer")
     runtime = Runtime.build(settings)
     serve_metrics(settings)
     try:

@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 import httpx
 
+from shared import tracing
 from shared.broker.base import new_operation_id
 from shared.eventlog.base import encode_body
 from shared.models import Operation, RunRecord, utcnow
@@ -136,6 +137,7 @@ class RunContext:
             session_id=self.run.session_id,
             tool_call_id=self.tool_call_id,
             tool_name=tool_name or self.run.tool,
+            trace=tracing.carrier(),  # the completion consumer continues this trace
         )
         ttl = int(self.settings.operation_timeout_s + self.settings.stream_ttl_s)
         await self.runtime.store.put_operation(op, ttl)

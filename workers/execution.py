@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared import tracing
 from shared.errors import AppendRefused, BackendUnavailable, NotFound
 from shared.models import RunRecord, RunStatus, describe_invalid
 from shared.runtime import Runtime
@@ -65,13 +66,16 @@ class Execution:
         metrics.RUNS_STARTED.labels(run.tool).inc()
         metrics.ACTIVE_RUNS.inc()
         lease = asyncio.create_task(self._keep_lease(), name=f"lease {run.run_id}")
+        # The second phase of a delegated run is its continuation (same tool, same attempt).
+        phase = "runrelay.continue" if run.operation_result is not None else "runrelay.tool"
         try:
-            ending = await self._call_tool()
-            if ending is not None:
-                status, error = ending
-                # Stop extending first: the terminal append clears the lease anyway.
-                lease.cancel()
-                await asyncio.shield(self._finish(status, error))
+            with tracing.span(phase, {"runrelay.run_id": run.run_id, "runrelay.tool": run.tool}):
+                ending = await self._call_tool()
+                if ending is not None:
+                    status, error = ending
+                    # Stop extending first: the terminal append clears the lease anyway.
+                    lease.cancel()
+                    await asyncio.shield(self._finish(status, error))
         finally:
             self.ctx.close()
             lease.cancel()

@@ -28,9 +28,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared import tracing
 from shared.broker.base import Ack, Consumer, Delivery, Outcome, Reject, Retry
 from shared.errors import BackendUnavailable, NotFound
-from shared.models import RunRequestMessage, RunStatus, describe_invalid, seconds_since, utcnow
+from shared.models import (
+    RunRecord,
+    RunRequestMessage,
+    RunStatus,
+    describe_invalid,
+    seconds_since,
+    utcnow,
+)
 from shared.runtime import Runtime
 from shared.settings import Settings
 from workers import metrics
@@ -168,6 +176,11 @@ class Worker:
             return Ack()
         if not await self._take_slot():
             return await self._give_back(delivery)
+        with tracing.span("runrelay.claim", {"runrelay.run_id": run.run_id}):
+            # The execution's task starts inside: its spans are children of the claim.
+            return await self._claim(run)
+
+    async def _claim(self, run: RunRecord) -> Outcome:
         try:
             lease_until = time.time() + self.settings.lease_s
             claimed = await self.runtime.runs.start(
@@ -252,6 +265,7 @@ def run_worker(settings: Settings) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     load_tool_modules(settings.tools)
+    tracing.configure("runrelay-worker")
     runtime = Runtime.build(settings)
     metrics.serve_metrics(settings)
     try:

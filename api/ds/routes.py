@@ -31,7 +31,7 @@ from shared.eventlog.streams import (
     StreamInfo,
     media_type,
 )
-from shared.models import TERMINAL
+from shared.models import TERMINAL, TERMINAL_EVENTS
 
 router = APIRouter(tags=["durable streams"], include_in_schema=False)
 
@@ -120,11 +120,14 @@ async def _log_source(state: State, owner: str, kind: str, ident: str) -> Source
         got = await state.hub.read(key, after, reads.CHUNK_MESSAGES)
         if got.first_id and after < got.first_id - 1:
             raise ProtocolError(410, f"offset {after} is older than the log's retention")
+        # The terminal event may land between the two reads: then it closes the stream
+        # itself (nothing will ever wake a live reader waiting past it).
+        closed = closed or bool(run_id and got.events and got.events[-1].type in TERMINAL_EVENTS)
         messages = [(e.id, e.json) for e in got.events]
         return reads.cut(messages, min(after, got.last_id), got.last_id, closed)
 
-    first = await page(0)
-    tail = first.tail if first is not None else 0
+    # The tail only: reading it must not answer 410 for a log trimmed at its start.
+    tail = (await state.hub.read(key, 0, 1)).last_id
     return Source("application/json", key, tail, page)
 
 

@@ -16,6 +16,7 @@ from api.openapi import CURSOR, SSE, STREAM_ENDED, errors
 from api.responses import JSONResponse
 from api.streams import EventStreamResponse, event_stream
 from api.submit import submit_run
+from shared import tracing
 from shared.errors import Conflict
 from shared.models import PublicRun, RunRecord, RunStatus
 
@@ -90,14 +91,16 @@ async def create_run(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     """Record the run and publish its request; answer once the broker confirmed it."""
-    run, _ = await submit_run(
-        state,
-        owner,
-        body.tool,
-        body.input,
-        session_id=body.session_id,
-        idempotency_key=idempotency_key,
-    )
+    # A child of FastAPI's own request span, which continues a caller's traceparent.
+    with tracing.span("runrelay.create", {"runrelay.tool": body.tool}):
+        run, _ = await submit_run(
+            state,
+            owner,
+            body.tool,
+            body.input,
+            session_id=body.session_id,
+            idempotency_key=idempotency_key,
+        )
     return _created(state, owner, run, stream=body.stream)
 
 

@@ -1,18 +1,21 @@
 """``GET /v1/status``: queue depths, live workers, and the caller's runs by status;
+``GET /v1/workers``: the workers seen in the last hour and how each left;
 ``GET /v1/metrics``: the process's counters as JSON, for the console's graphs."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from prometheus_client import REGISTRY
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
+from api import latency
 from api.deps import Operator, State
 from api.openapi import errors
+from shared.eventlog.base import WORKER_HISTORY_S
 
 router = APIRouter(prefix="/v1", tags=["status"])
 
@@ -46,6 +49,31 @@ async def status(state: State, owner: Operator) -> dict[str, Any]:
     }
 
 
+class WorkerSeen(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the rest of the worker's heartbeat info
+
+    worker_id: str
+    last_seen: float = Field(description="its last heartbeat (unix time)")
+    left: Literal["clean", "lost"] | None = Field(
+        description="null while live; clean: it stopped and said so; lost: its heartbeat ran out"
+    )
+    left_at: float | None = Field(description="when it left (unix time)")
+
+
+class WorkerHistory(BaseModel):
+    workers: list[WorkerSeen] = Field(description="latest heartbeat first")
+
+
+@router.get("/workers", response_model=WorkerHistory, responses=errors(401, 403, 422, 503))
+async def worker_history(
+    state: State,
+    owner: Operator,
+    since_s: Annotated[float, Query(gt=0, le=WORKER_HISTORY_S)] = WORKER_HISTORY_S,
+) -> dict[str, Any]:
+    """The workers live in the last `since_s` seconds (an hour at most), live or gone."""
+    return {"workers": await state.runtime.workers.recent(time.time() - since_s)}
+
+
 # The counters and gauges the console graphs, by Prometheus name: whichever of them this
 # process has (the API's own; in `runrelay dev` the worker's and consumer's too).
 _GRAPHED = (
@@ -57,10 +85,19 @@ _GRAPHED = (
 )
 
 
+class Latency(BaseModel):
+    count: int = Field(description="events delivered in the window")
+    p50: float | None = None
+    p99: float | None = None
+
+
 class Snapshot(BaseModel):
     at: float
     metrics: dict[str, dict[str, float]]
     queues: list[Queue]
+    deliver_latency_s: Latency = Field(
+        description="emit→deliver latency over the last 10 s (the histogram is on /metrics)"
+    )
 
 
 def _sample_totals() -> dict[str, dict[str, float]]:
@@ -89,4 +126,5 @@ async def metrics_snapshot(state: State, owner: Operator) -> dict[str, Any]:
         "queues": [
             {"name": q.name, "messages": q.messages, "consumers": q.consumers} for q in queues
         ],
+        "deliver_latency_s": latency.recent_quantiles((0.5, 0.99)),
     }

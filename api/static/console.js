@@ -103,7 +103,7 @@ async function showRun(runId) {
     const gone = err.status === 404;
     $("detail-error").textContent = gone ? "This run no longer exists (expired, or the embedded backend restarted)." : explain(err);
     $("detail-error").hidden = false;
-    $("detail-fields").replaceChildren();
+    $("detail-fields").replaceChildren(...(gone ? field("status", "gone", "status status-gone") : []));
     $("detail-retry").disabled = $("detail-cancel").disabled = true;
     panel.dataset.state = gone ? "gone" : "error";
     return;
@@ -244,7 +244,7 @@ function sparkline(name, label, unit) {
   figure.className = "spark";
   figure.dataset.series = name;
   figure.dataset.points = String(values.length);
-  figure.innerHTML = `<figcaption>${label} <b>${last.toFixed(unit === "/s" ? 1 : 0)}${unit}</b></figcaption>` +
+  figure.innerHTML = `<figcaption>${label} <b>${last.toFixed(unit === "" ? 0 : 1)}${unit}</b></figcaption>` +
     `<svg viewBox="0 0 100 30" preserveAspectRatio="none"><polyline points="${points}"/></svg>`;
   return figure;
 }
@@ -271,6 +271,10 @@ async function refreshGraphs() {
     push("events_sent", rate(total(m.runrelay_api_events_sent), total(lastSnapshot.metrics.runrelay_api_events_sent)));
   }
   push("open_streams", total(m.runrelay_api_open_streams));
+  // Over the last 10 s of deliveries; 0 while nothing was delivered.
+  const latency = snap.deliver_latency_s || {};
+  push("latency_p50", latency.p50 == null ? 0 : latency.p50 * 1000);
+  push("latency_p99", latency.p99 == null ? 0 : latency.p99 * 1000);
   for (const q of snap.queues) {
     push(`queue:${q.name}`, q.messages);
     push(`consumers:${q.name}`, q.consumers);
@@ -283,10 +287,38 @@ async function refreshGraphs() {
     sparkline("runs_cancelled", "cancelled", "/s"),
     sparkline("events_sent", "events sent", "/s"),
     sparkline("open_streams", "open streams", ""),
+    sparkline("latency_p50", "emit→deliver p50", " ms"),
+    sparkline("latency_p99", "emit→deliver p99", " ms"),
     ...snap.queues.map((q) => sparkline(`queue:${q.name}`, `${q.name} depth`, "")),
     ...snap.queues.map((q) => sparkline(`consumers:${q.name}`, `${q.name} consumers`, "")),
   ];
   $("graphs").replaceChildren(...figures);
+}
+
+// --- worker history ----------------------------------------------------------------
+
+async function refreshWorkerHistory() {
+  let body;
+  try {
+    body = await api("GET", "/v1/workers");
+  } catch (err) {
+    $("history-note").textContent = explain(err);
+    return;
+  }
+  $("history-note").textContent = body.workers.length ? "" : "No worker in the last hour.";
+  $("worker-history").replaceChildren(...body.workers.map((w) => {
+    const tr = document.createElement("tr");
+    tr.dataset.workerId = w.worker_id;
+    tr.dataset.left = w.left || "live";
+    const left = cell(w.left === "clean" ? `stopped ${when(w.left_at)}` :
+      w.left === "lost" ? `lost ${when(w.left_at)} (heartbeat ran out)` : "live");
+    left.className = `left-${w.left || "live"}`;
+    const id = cell(w.worker_id.slice(0, 24));
+    id.title = w.worker_id;
+    tr.append(id, cell([w.host, w.pid].filter((x) => x !== undefined).join(" · ")),
+      cell(when(w.started_at)), cell(when(w.last_seen)), left);
+    return tr;
+  }));
 }
 
 // --- tools: a form from each input schema ------------------------------------------
@@ -366,6 +398,8 @@ function consoleMain() {
   refreshDead();
   refreshGraphs();
   refreshTools();
+  refreshWorkerHistory();
+  setInterval(refreshWorkerHistory, POLL_MS);
   setInterval(refreshRunList, POLL_MS);
   setInterval(refreshGraphs, POLL_MS);
   setInterval(refreshDead, POLL_MS * 2);

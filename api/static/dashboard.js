@@ -160,8 +160,12 @@ async function recreate() {
       return;
     }
   } catch (err) {
-    if (err instanceof ApiError && (err.status === 401 || err.status === 404)) {
-      showError(err.message);
+    if (err instanceof ApiError && err.status === 404) {
+      gone();
+      return;
+    }
+    if (err instanceof ApiError && err.status === 401) {
+      showError("Token needed: enter a token above and save it.");
       setConnection("stopped");
       return;
     }
@@ -219,6 +223,18 @@ function finish(status) {
   renderFollow();
   refreshRuns();
   refreshStatus();
+}
+
+function gone() {
+  // Expired, or the embedded backend restarted: nothing runs and nothing can be cancelled.
+  closeSource();
+  follow.status = "gone";
+  follow.done = true;
+  addLog("this run no longer exists (expired, or the embedded backend restarted)");
+  saveFollow();
+  setConnection("gone");
+  renderFollow();
+  refreshRuns();
 }
 
 function addLog(line) {
@@ -343,7 +359,8 @@ async function cancelRun() {
   try {
     await api("POST", `/v1/runs/${encodeURIComponent(follow.runId)}/cancel`);
   } catch (err) {
-    showError(err.message);
+    if (err instanceof ApiError && err.status === 404) gone();
+    else showError(err.message);
   }
 }
 
@@ -366,7 +383,7 @@ function main() {
   follow = loadFollow();
   if (follow) {
     renderFollow();
-    if (follow.done) setConnection("ended");
+    if (follow.done) setConnection(follow.status === "gone" ? "gone" : "ended");
     else connect();  // resume after the last event this page saw, before any reload
   }
   refreshStatus();

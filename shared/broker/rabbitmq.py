@@ -44,6 +44,7 @@ from aio_pika.abc import (
 from aio_pika.connection import make_url
 from aio_pika.robust_connection import RobustConnection
 
+from shared import tracing
 from shared.broker.base import (
     COMPLETIONS_EXCHANGE,
     COMPLETIONS_ROUTING_KEY,
@@ -178,6 +179,18 @@ def _masked(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5672} (vhost {vhost})"
 
 
+def _instrument() -> None:
+    """aio-pika's OpenTelemetry instrumentation: a span per publish and per delivery, the
+    trace context injected into and read from the message headers (shared.tracing)."""
+    try:
+        from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
+    except ImportError:
+        return
+    instrumentor = AioPikaInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+
+
 class RabbitBroker:
     """The `Broker` on RabbitMQ. `name` is the connection name operators see in RabbitMQ.
 
@@ -246,6 +259,8 @@ class RabbitBroker:
         raise BackendUnavailable(f"RabbitMQ unreachable at {'; '.join(failures)}")
 
     async def connect(self) -> None:
+        if tracing.enabled():
+            _instrument()
         connection = await self._connect_first()
         try:
             self._publisher = await connection.channel(

@@ -8,7 +8,7 @@ and a contract suite over both (tests/contract/):
   the run's status; reads after a cursor; waits for news.
 - `RunStore`: run records, idempotency keys, the owner's active runs, operations.
 - `Scheduler`: when the reaper looks at a run again.
-- `WorkerRegistry`: the live workers.
+- `WorkerRegistry`: the live workers, and those that left within the last hour.
 
 Events arrive pre-encoded (see `encode_body`); the backend only prefixes the id it
 assigns, so every reader gets the same bytes and nobody re-encodes. The run record
@@ -17,7 +17,7 @@ is a hash of strings in both backends; `record_from` is the one place that reads
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -178,12 +178,16 @@ class Scheduler(Protocol):
 
 
 class WorkerRegistry(Protocol):
-    """The workers alive now, from their heartbeats."""
+    """The workers alive now, from their heartbeats, and for `WORKER_HISTORY_S` after
+    they left: removed (a clean stop) or lost (the heartbeat ran out)."""
 
     async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl_s: float) -> None:
-        """`worker_id` is alive for `ttl_s` more seconds; `info` is what `live` shows of it."""
+        """`worker_id` is alive for `ttl_s` more seconds; `info` is what `live` shows of it.
 
-    async def remove(self, worker_id: str) -> None: ...
+        Also forgets the workers that left more than `WORKER_HISTORY_S` ago."""
+
+    async def remove(self, worker_id: str) -> None:
+        """`worker_id` left cleanly now: no longer live, remembered as ``clean``."""
 
     async def advertise_tools(self, tools: Sequence[Mapping[str, Any]], now: float) -> None:
         """Record that a worker serves `tools` (dicts with a ``name``) as of `now`.
@@ -197,6 +201,36 @@ class WorkerRegistry(Protocol):
 
     async def live(self) -> list[dict[str, Any]]:
         """The info of every worker whose last heartbeat has not run out."""
+
+    async def recent(self, since: float) -> list[dict[str, Any]]:
+        """Every worker live at or after `since` (at most `WORKER_HISTORY_S` back), latest
+        heartbeat first: its info plus ``left`` (None while live, ``clean`` after `remove`,
+        ``lost`` when its heartbeat ran out) and ``left_at`` (when, or None)."""
+
+
+# How long the registry remembers a worker after it left: the console's worker history.
+WORKER_HISTORY_S = 3600.0
+
+
+def worker_history(
+    entries: Iterable[tuple[Mapping[str, Any], float]], since: float, now: float
+) -> list[dict[str, Any]]:
+    """`WorkerRegistry.recent` from each worker's stored (info, live-until), both backends.
+
+    `remove` marks the info ``left: clean`` and sets live-until to the moment it left, so a
+    worker past its live-until without that mark was lost when its heartbeat ran out."""
+    out: list[dict[str, Any]] = []
+    for info, until in entries:
+        if until < since:
+            continue
+        if info.get("left"):
+            out.append({**info, "left_at": until})
+        elif until > now:
+            out.append({**info, "left": None, "left_at": None})
+        else:
+            out.append({**info, "left": "lost", "left_at": until})
+    out.sort(key=lambda w: float(w.get("last_seen") or 0.0), reverse=True)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

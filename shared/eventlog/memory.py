@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import AppendRefused, Conflict, NotFound, RunRelayError
-from shared.eventlog.base import Batch, Stores, Transition, record_from
+from shared.eventlog.base import (
+    WORKER_HISTORY_S,
+    Batch,
+    Stores,
+    Transition,
+    record_from,
+    worker_history,
+)
 from shared.keys import Keys
 from shared.models import TERMINAL, Operation, Page, RunRecord, StoredEvent, utcnow
 
@@ -336,12 +343,24 @@ class MemoryWorkerRegistry:
             {**info, "worker_id": worker_id, "last_seen": now},
             now + ttl_s,
         )
+        horizon = now - WORKER_HISTORY_S
+        for gone in [w for w, (_, until) in self._s.workers.items() if until < horizon]:
+            del self._s.workers[gone]
 
     async def remove(self, worker_id: str) -> None:
-        self._s.workers.pop(worker_id, None)
+        entry = self._s.workers.get(worker_id)
+        if entry is not None:
+            self._s.workers[worker_id] = ({**entry[0], "left": "clean"}, time.time())
 
     async def live(self) -> list[dict[str, Any]]:
-        return [info for info, until in self._s.workers.values() if not self._s.expired(until)]
+        return [
+            info
+            for info, until in self._s.workers.values()
+            if not self._s.expired(until) and not info.get("left")
+        ]
+
+    async def recent(self, since: float) -> list[dict[str, Any]]:
+        return worker_history(self._s.workers.values(), since, time.time())
 
     async def advertise_tools(self, tools: Sequence[Mapping[str, Any]], now: float) -> None:
         for spec in tools:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from shared.eventlog import scripts
-from shared.eventlog.base import Stores, record_from
+from shared.eventlog.base import WORKER_HISTORY_S, Stores, record_from, worker_history
 from shared.eventlog.redis import RedisConnection, RedisEventLog, decoded, flat_pairs
 from shared.eventlog.redis_streams import RedisStreamStore
 from shared.models import Operation, RunRecord
@@ -146,7 +146,9 @@ class RedisScheduler:
 
 
 class RedisWorkerRegistry:
-    """`WorkerRegistry` on Redis: a sorted set of worker ids by expiry, a hash of their info."""
+    """`WorkerRegistry` on Redis: a sorted set of worker ids by live-until, a hash of their
+    info. Both keep a worker for `WORKER_HISTORY_S` after it left (the history); each
+    command touches one key, so on a cluster the two may sit in any slots."""
 
     def __init__(self, conn: RedisConnection) -> None:
         self.keys = conn.keys
@@ -155,6 +157,7 @@ class RedisWorkerRegistry:
 
     async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl_s: float) -> None:
         now = time.time()
+        horizon = now - WORKER_HISTORY_S
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.keys.workers(), {worker_id: now + ttl_s})
             pipe.hset(
@@ -162,13 +165,27 @@ class RedisWorkerRegistry:
                 worker_id,
                 orjson.dumps({**info, "worker_id": worker_id, "last_seen": now}),
             )
-            pipe.zremrangebyscore(self.keys.workers(), "-inf", now)
-            await self._call(pipe.execute())
+            pipe.zrangebyscore(self.keys.workers(), "-inf", f"({horizon}")
+            *_, forgotten = await self._call(pipe.execute())
+        if forgotten:
+            # Not atomic with the read above: a worker that heartbeats again in between,
+            # after an hour away, is forgotten until its next heartbeat (seconds later).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.keys.workers(), *forgotten)
+                pipe.hdel(self.keys.workers_info(), *forgotten)
+                await self._call(pipe.execute())
 
     async def remove(self, worker_id: str) -> None:
+        raw = await self._call(self._redis.hget(self.keys.workers_info(), worker_id))
+        if raw is None:
+            return
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.keys.workers(), worker_id)
-            pipe.hdel(self.keys.workers_info(), worker_id)
+            pipe.hset(
+                self.keys.workers_info(),
+                worker_id,
+                orjson.dumps({**orjson.loads(raw), "left": "clean"}),
+            )
+            pipe.zadd(self.keys.workers(), {worker_id: time.time()}, xx=True)
             await self._call(pipe.execute())
 
     async def live(self) -> list[dict[str, Any]]:
@@ -178,7 +195,24 @@ class RedisWorkerRegistry:
         if not alive:
             return []
         infos = await self._call(self._redis.hmget(self.keys.workers_info(), alive))
-        return [orjson.loads(i) for i in infos if i is not None]
+        found = (orjson.loads(i) for i in infos if i is not None)
+        return [info for info in found if not info.get("left")]
+
+    async def recent(self, since: float) -> list[dict[str, Any]]:
+        now = time.time()
+        scored = await self._call(
+            self._redis.zrangebyscore(self.keys.workers(), since, "+inf", withscores=True)
+        )
+        if not scored:
+            return []
+        ids = [worker_id for worker_id, _ in scored]
+        infos = await self._call(self._redis.hmget(self.keys.workers_info(), ids))
+        entries = [
+            (orjson.loads(info), until)
+            for (_, until), info in zip(scored, infos, strict=True)
+            if info is not None
+        ]
+        return worker_history(entries, since, now)
 
     async def advertise_tools(self, tools: Sequence[Mapping[str, Any]], now: float) -> None:
         if tools:

@@ -1,7 +1,7 @@
 """`StreamStore` on Redis: one hash tag per stream, every step one Lua script.
 
 Keys (see `shared.keys`): ``ds_meta`` (hash: config and counters), ``ds_log`` (stream
-of messages, ids ``0-<seq>``, PUBLISHed like a run log so the tail hub hears it) and
+of messages, ids ``0-<seq>``, SPUBLISHed like a run log so the tail hub hears it) and
 ``ds_producers`` (hash: producer id -> ``epoch:seq``). The producer check, the
 closure check, the append and the producer's new state are one script, so a retry
 can never be stored twice and nothing can follow the close.
@@ -53,7 +53,7 @@ redis.call('HSET', meta, 'cfg', ARGV[1], 'ct', ARGV[2], 'ttl', ARGV[3], 'exp', A
   'expms', ARGV[5], 'fork_of', ARGV[6], 'fork_off', ARGV[7], 'fork_sub', ARGV[10 + n],
   'tail', n, 'entry', entry,
   'closed', ARGV[8], 'forks', 0, 'gone', '0', 'sseq', '')
-if entry > 0 then redis.call('PUBLISH', log, entry) end
+if entry > 0 then redis.call('SPUBLISH', log, entry) end
 expire({meta, log, prods}, ARGV[3], ARGV[5])
 return {'created', n, tonumber(ARGV[8])}
 """
@@ -120,7 +120,7 @@ if ARGV[6] == '1' then
 end
 redis.call('HSET', meta, 'tail', tail, 'entry', entry, 'closed', c)
 if pid ~= '' then redis.call('HSET', prods, pid, epoch .. ':' .. seq) end
-if entry > tonumber(cur[4]) then redis.call('PUBLISH', log, entry) end
+if entry > tonumber(cur[4]) then redis.call('SPUBLISH', log, entry) end
 expire({meta, log, prods}, cur[7], cur[8])
 return {'ok', tail, c, epoch, seq}
 """

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from shared.settings import Settings
+from tests.conformance.conftest import ensure_node_packages
 from tests.faults.conftest import spawn_api
 from tests.support.devserver import REPO, start_dev
 from tests.support.procs import Processes
@@ -37,11 +38,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 def run_suite(base_url: str, report: Path) -> dict[str, Any]:
     """`vitest run` of the suite against `base_url`; vitest's JSON report."""
-    install = subprocess.run(
-        [str(REPO / "scripts" / "ensure-conformance")], capture_output=True, text=True, check=False
-    )
-    if install.returncode != 0:
-        pytest.fail(f"scripts/ensure-conformance failed:\n{install.stderr}", pytrace=False)
+    ensure_node_packages()
     npx = shutil.which("npx")
     assert npx is not None, "npx is on PATH once ensure-conformance succeeded"
     subprocess.run(

@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from shared.eventlog.base import RunStore, Scheduler, WorkerRegistry
+import pytest
+
+from shared.eventlog.base import WORKER_HISTORY_S, RunStore, Scheduler, WorkerRegistry
 from shared.lifecycle import Runs
 from shared.models import Operation, RunStatus
+from tests.support.wait import wait_for
 
 
 async def test_records_come_back_typed_with_every_stored_field(runs: Runs, store: RunStore) -> None:
@@ -91,6 +94,35 @@ async def test_workers_are_live_until_their_heartbeat_runs_out(workers: WorkerRe
     # The run-out of a heartbeat's TTL is the behaviour under test, not a wait for it.
     await asyncio.sleep(0.3)
     assert await workers.live() == []
+
+
+async def test_departed_workers_are_remembered_for_an_hour_and_how_they_left(
+    workers: WorkerRegistry,
+) -> None:
+    start = time.time()
+    await workers.heartbeat("w-lost", {"pid": 1}, 0.2)
+    await workers.heartbeat("w-stopped", {"pid": 2}, 30)
+    await workers.heartbeat("w-live", {"pid": 3}, 30)
+    await workers.remove("w-stopped")
+    await workers.remove("w-never-seen")  # nothing to remember
+
+    async def only_one_live() -> bool:
+        return [w["worker_id"] for w in await workers.live()] == ["w-live"]
+
+    await wait_for(only_one_live, timeout=5, message="w-lost's heartbeat never ran out")
+
+    recent = {w["worker_id"]: w for w in await workers.recent(since=start - 1)}
+    assert set(recent) == {"w-lost", "w-stopped", "w-live"}
+    assert (recent["w-live"]["left"], recent["w-live"]["left_at"]) == (None, None)
+    assert recent["w-stopped"]["left"] == "clean" and recent["w-stopped"]["pid"] == 2
+    assert start <= recent["w-stopped"]["left_at"] <= time.time()
+    assert recent["w-lost"]["left"] == "lost"
+    assert recent["w-lost"]["left_at"] == pytest.approx(recent["w-lost"]["last_seen"] + 0.2)
+    assert [w["worker_id"] for w in await workers.recent(since=time.time() + 5)] == ["w-live"]
+
+    # An hour after it left, a worker is forgotten (by a heartbeat, anyone's).
+    await workers.heartbeat("w-old", {"pid": 4}, -WORKER_HISTORY_S - 1)
+    assert "w-old" not in {w["worker_id"] for w in await workers.recent(since=0)}
 
 
 async def test_advertised_tools_are_kept_by_name_and_by_when(workers: WorkerRegistry) -> None:

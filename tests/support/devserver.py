@@ -38,12 +38,14 @@ async def start_dev(
     command: Sequence[str] = (RUNRELAY, "dev"),
     cwd: Path | None = None,
     timeout: float = 60.0,  # noqa: ASYNC109 -- a deadline for readiness, not a sleep
+    port: int | None = None,
 ) -> DevServer:
     """Start `command --port <free>`; return once ``/readyz`` answers 200 and the banner is out.
 
-    ``cwd`` defaults to ``log_dir`` so a developer's ``.env`` in the repo is not read.
+    ``cwd`` defaults to ``log_dir`` so a developer's ``.env`` in the repo is not read;
+    `port` (a free one by default) lets a restart keep the address a page has open.
     """
-    port = free_port()
+    port = port or free_port()
     proc = processes.spawn(
         [*command, "--port", str(port)],
         {"PORT": None, **env},
