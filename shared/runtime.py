@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from shared.appender import Appender
 from shared.broker.base import Broker, Names
 from shared.dispatch import Dispatch
-from shared.errors import ConfigError
+from shared.errors import BackendUnavailable, ConfigError
 from shared.eventlog.base import EventLog, RunStore, Scheduler, Stores, WorkerRegistry
 from shared.eventlog.streams import StreamStore
 from shared.lifecycle import Runs
@@ -86,13 +88,30 @@ class Runtime:
         return cls(settings, _build_stores(settings), _build_broker(settings), bool(missing))
 
     async def start(self) -> None:
-        await self.log.ping()
-        await self.broker.connect()
+        """Reach both backends, or raise `BackendUnavailable` naming the setting to check."""
+        with naming_setting("RUNRELAY_REDIS_URL"):
+            await self.log.ping()
+        with naming_setting("RUNRELAY_AMQP_URL"):
+            await self.broker.connect()
 
     async def close(self) -> None:
         await self.appender.close()
         await self.broker.close()
         await self.log.close()
+
+
+@contextlib.contextmanager
+def naming_setting(name: str) -> Iterator[None]:
+    """A backend that cannot be reached at start is reported with the setting that names it.
+
+    The operator reading "cannot start" should know at once which variable to check.
+    """
+    try:
+        yield
+    except BackendUnavailable as exc:
+        if name in str(exc):  # the backend named it already
+            raise
+        raise BackendUnavailable(f"{exc} (check {name})") from exc
 
 
 def _build_stores(settings: Settings) -> Stores:

@@ -23,7 +23,7 @@ import signal
 from shared import tracing
 from shared.broker.base import Consumer, Delivery, Outcome
 from shared.errors import BackendUnavailable
-from shared.runtime import Runtime
+from shared.runtime import Runtime, naming_setting
 from shared.settings import Settings
 from workers.completion import handle_completion
 from workers.metrics import serve_metrics
@@ -47,9 +47,10 @@ class CompletionConsumer:
     async def start(self) -> None:
         if self.owns_runtime:
             await self.runtime.start()
-        self._consumer = await self.runtime.broker.consume_completions(
-            self._on_message, prefetch=self.prefetch
-        )
+        with naming_setting("RUNRELAY_AMQP_URL"):
+            self._consumer = await self.runtime.broker.consume_completions(
+                self._on_message, prefetch=self.prefetch
+            )
         log.info("completion consumer started (prefetch %d)", self.prefetch)
 
     async def stop(self) -> None:

@@ -39,7 +39,7 @@ from shared.models import (
     seconds_since,
     utcnow,
 )
-from shared.runtime import Runtime
+from shared.runtime import Runtime, naming_setting
 from shared.settings import Settings
 from workers import metrics
 from workers.execution import Execution
@@ -92,9 +92,10 @@ class Worker:
         self._tool_specs = tool_specs()
         if self.owns_runtime:
             await self.runtime.start()
-        self._consumer = await self.runtime.broker.consume_runs(
-            self._on_message, prefetch=self.settings.worker_concurrency
-        )
+        with naming_setting("RUNRELAY_AMQP_URL"):
+            self._consumer = await self.runtime.broker.consume_runs(
+                self._on_message, prefetch=self.settings.worker_concurrency
+            )
         # After consuming starts, so a listed worker is one that takes runs.
         await self._heartbeat_once()
         self._background.append(asyncio.create_task(self._heartbeats(), name="worker heartbeat"))

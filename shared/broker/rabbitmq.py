@@ -28,7 +28,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -91,6 +91,19 @@ _BROKER_HEADERS = frozenset(
 
 RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 5.0
+BROKER_LIMIT_FACTOR = 20
+
+
+def broker_delivery_limit(max_deliveries: int) -> int:
+    """The runs queue's own `x-delivery-limit`: far above ours, never the one that decides.
+
+    A quorum queue counts every return, and an AMQP connection reset returns every
+    unacked message — a worker holds its whole prefetch while it waits for a slot. With
+    the broker's limit at ours, a few resets during a backlog dead-lettered valid run
+    requests. Our count (`Retry`, in `_settle`) is the authoritative one; the broker's
+    only stops a message that kills every consumer that takes it, forever.
+    """
+    return BROKER_LIMIT_FACTOR * max_deliveries
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +114,7 @@ class _Route:
     exchange: str
     routing_key: str
     arguments: dict[str, Any]
+    passive: bool = False  # use the queue as it exists (see `_adopt_runs_queue`)
 
     @property
     def retry_queue(self) -> str:
@@ -222,7 +236,7 @@ class RabbitBroker:
                 "x-queue-type": "quorum",
                 # RabbitMQ < 4.0 has no default limit: a message that keeps
                 # crashing consumers would be redelivered forever.
-                "x-delivery-limit": max_deliveries,
+                "x-delivery-limit": broker_delivery_limit(max_deliveries),
                 "x-dead-letter-exchange": names.dead_exchange,
             },
         )
@@ -239,41 +253,88 @@ class RabbitBroker:
         self._consumers: set[_RabbitConsumer] = set()
 
     async def _connect_first(self) -> AbstractRobustConnection:
-        """A robust connection to the first node that answers, the others its fallbacks."""
+        """A robust connection to the first node that answers, the others its fallbacks.
+
+        Each attempt is bounded by `connect_timeout_s`, and the connection is built here
+        rather than by `connect_robust`, so that an attempt that times out can still be
+        closed (with its reconnect task) instead of leaking it.
+        """
         failures = []
         for index, url in enumerate(self._urls):
+            connection = _BackoffConnection(
+                make_url(url),
+                client_properties={"connection_name": self._name},
+                reconnect_interval=RECONNECT_FIRST_S,
+            )
             try:
-                connection = await aio_pika.connect_robust(
-                    url,
-                    connection_class=_BackoffConnection,
-                    reconnect_interval=RECONNECT_FIRST_S,
-                    client_properties={"connection_name": self._name},
-                    timeout=self._connect_timeout_s,
-                )
+                async with asyncio.timeout(self._connect_timeout_s):
+                    await connection.connect(timeout=self._connect_timeout_s)
             except Exception as exc:  # every failure here means the same thing to the caller
-                failures.append(f"{_masked(url)}: {type(exc).__name__}: {exc}")
+                await _close_quietly(connection, self._connect_timeout_s)
+                failures.append(f"{_masked(url)}: {_described(exc, self._connect_timeout_s)}")
                 continue
-            assert isinstance(connection, _BackoffConnection)
             connection.nodes = (*self._urls[index:], *self._urls[:index])
             return connection
         raise BackendUnavailable(f"RabbitMQ unreachable at {'; '.join(failures)}")
 
     async def connect(self) -> None:
+        """Connect and declare the topology, each step within `connect_timeout_s`, or raise.
+
+        Every step is bounded: a broker that accepts the connection but never answers
+        an RPC (seen after a kill -9, while it recovers its quorum queues) must not
+        leave the process waiting forever with nothing said.
+        """
         if tracing.enabled():
             _instrument()
         connection = await self._connect_first()
+        step = "declaring the topology"
         try:
-            self._publisher = await connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
-            self._admin = await connection.channel(publisher_confirms=False)
-            await self._declare(self._publisher, self._admin)
+            async with asyncio.timeout(self._connect_timeout_s):
+                await self._adopt_runs_queue(connection)
+                self._publisher = await connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                self._admin = await connection.channel(publisher_confirms=False)
+                await self._declare(self._publisher, self._admin)
         except Exception as exc:
-            await connection.close()
-            raise BackendUnavailable(
-                f"RabbitMQ at {self._where} refused the topology: {type(exc).__name__}: {exc}"
-            ) from exc
+            await _close_quietly(connection, self._connect_timeout_s)
+            self._publisher = self._admin = self._dead_queue = None
+            self._exchanges.clear()
+            raise BackendUnavailable(self._startup_failure(step, exc)) from exc
         self._connection = connection
+
+    def _startup_failure(self, step: str, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError):
+            limit = self._connect_timeout_s
+            return f"RabbitMQ at {self._where} did not answer within {limit} s ({step})"
+        return f"RabbitMQ at {self._where} failed while {step}: {type(exc).__name__}: {exc}"
+
+    async def _adopt_runs_queue(self, connection: AbstractRobustConnection) -> None:
+        """Use a runs queue that an earlier runrelay declared with another delivery limit.
+
+        Queue arguments cannot change after the fact (RabbitMQ refuses the declaration),
+        so a deployment upgraded from the old limit keeps its queue as it is, with a
+        warning, rather than failing to start. A probe channel, since the refusal closes it.
+        """
+        probe = await connection.channel(publisher_confirms=False)
+        route = self._runs
+        try:
+            await probe.declare_queue(route.queue, durable=True, arguments=route.arguments)
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            if "x-delivery-limit" not in str(exc):
+                raise
+            log.warning(
+                "%s exists with another x-delivery-limit (%s); using it as it is. A broker-side "
+                "limit near %d dead-letters valid requests after that many connection resets: "
+                "delete the queue while it is empty and restart to get %d",
+                route.queue,
+                exc,
+                self.max_deliveries,
+                route.arguments["x-delivery-limit"],
+            )
+            self._runs = replace(route, passive=True)
+        finally:
+            await _close_quietly(probe, self._connect_timeout_s)
 
     async def _declare(self, channel: AbstractRobustChannel, admin: AbstractRobustChannel) -> None:
         names = self.names
@@ -288,7 +349,7 @@ class RabbitBroker:
                 route.exchange, aio_pika.ExchangeType.DIRECT, durable=True
             )
             queue = await channel.declare_queue(
-                route.queue, durable=True, arguments=route.arguments
+                route.queue, durable=True, arguments=route.arguments, passive=route.passive
             )
             await queue.bind(exchange, route.routing_key)
             await channel.declare_queue(
@@ -307,7 +368,9 @@ class RabbitBroker:
         for consumer in list(self._consumers):
             await consumer.stop()
         if self._connection is not None:
-            await self._connection.close()
+            # Bounded: a process shutting down (or giving up at start) must not hang on
+            # a broker that stopped answering.
+            await _close_quietly(self._connection, self._connect_timeout_s)
         self._connection = None
         self._publisher = self._admin = self._dead_queue = None
         self._exchanges.clear()
@@ -362,13 +425,25 @@ class RabbitBroker:
     async def _consume(self, route: _Route, handler: Handler, prefetch: int) -> _RabbitConsumer:
         if self._connection is None:
             raise BackendUnavailable(f"not connected to RabbitMQ at {self._where}")
-        # One channel per consumer: QoS is per channel, and the robust channel
-        # restores the QoS, the queue and the consumer after a reconnect.
-        channel = await self._connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.declare_queue(route.queue, durable=True, arguments=route.arguments)
-        consumer = _RabbitConsumer(self, route, handler, channel, queue)
-        await consumer.start()
+        channel: AbstractRobustChannel | None = None
+        try:
+            # Bounded like `connect`: a consume the broker never confirms is a failure.
+            async with asyncio.timeout(self._connect_timeout_s):
+                # One channel per consumer: QoS is per channel, and the robust channel
+                # restores the QoS, the queue and the consumer after a reconnect.
+                channel = await self._connection.channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=prefetch)
+                queue = await channel.declare_queue(
+                    route.queue, durable=True, arguments=route.arguments, passive=route.passive
+                )
+                consumer = _RabbitConsumer(self, route, handler, channel, queue)
+                await consumer.start()
+        except Exception as exc:
+            if channel is not None:
+                await _close_quietly(channel, self._connect_timeout_s)
+            raise BackendUnavailable(
+                self._startup_failure(f"starting to consume {route.queue}", exc)
+            ) from exc
         self._consumers.add(consumer)
         return consumer
 
@@ -533,6 +608,21 @@ class RabbitBroker:
         except Exception as exc:
             raise BackendUnavailable(f"RabbitMQ at {self._where}: purge failed: {exc}") from exc
         return int(getattr(purged, "message_count", 0) or 0)
+
+
+def _described(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s} s"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _close_quietly(
+    closable: AbstractRobustConnection | AbstractRobustChannel, timeout_s: float
+) -> None:
+    """Close what a failed start opened, bounded: the broker may not answer the close either."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_s):
+            await closable.close()
 
 
 async def _give_back(messages: list[AbstractIncomingMessage]) -> None:

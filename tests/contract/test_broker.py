@@ -15,12 +15,14 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from shared.broker.base import (
     COMPLETIONS_QUEUE,
+    DEAD_EXCHANGE,
     DEAD_QUEUE,
     RUNS_QUEUE,
     Ack,
@@ -497,6 +499,76 @@ async def test_rabbit_a_message_redelivered_after_a_lost_connection_counts_again
     finally:
         gate.set()
         await broker.close()
+
+
+async def test_rabbit_connection_resets_past_our_delivery_limit_never_dead_letter_a_run(
+    vhost_url: str,
+) -> None:
+    """A quorum queue counts every return, and a reset returns every unacked message (a
+    worker holds its prefetch while it waits for a slot). A reset is not the message's
+    fault: more of them than our delivery limit still end with the request handled."""
+    broker = RabbitBroker(vhost_url, max_deliveries=MAX_DELIVERIES)
+    await broker.connect()
+    gate = asyncio.Event()
+    seen: list[int] = []
+    resets = MAX_DELIVERIES + 1
+
+    async def handler(delivery: Delivery) -> Outcome:
+        seen.append(delivery.deliveries)
+        if len(seen) <= resets:
+            await gate.wait()  # still in hand when the connection drops
+        return Ack()
+
+    vhost = unquote(urlsplit(vhost_url).path.lstrip("/"))
+    try:
+        await broker.consume_runs(handler, prefetch=1)
+        await broker.publish_run(b"r1")
+        for n in range(1, resets + 1):
+            await wait_for(functools.partial(_at_least, seen, n), timeout=30, message=f"#{n}")
+            await asyncio.to_thread(rabbitmqctl, "close_all_connections", "-p", vhost, "reset")
+        await wait_for(lambda: len(seen) > resets, timeout=30, message="dead-lettered")
+        # The broker did count the returns: past our limit, and still handed to us.
+        assert seen[-1] > MAX_DELIVERIES, seen
+        assert await broker.list_dead_letters(10) == []
+    finally:
+        gate.set()
+        await broker.close()
+
+
+async def test_rabbit_a_runs_queue_an_older_runrelay_declared_is_used_as_it_is(
+    vhost_url: str,
+) -> None:
+    """Queue arguments cannot change: the queue of a deployment upgraded from the old
+    broker-side limit is kept (with a warning) rather than refusing to start."""
+    import aio_pika  # the old declaration, as the earlier release made it
+
+    connection = await aio_pika.connect(vhost_url)
+    channel = await connection.channel()
+    old: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 5,
+        "x-dead-letter-exchange": DEAD_EXCHANGE,
+    }
+    await channel.declare_queue(RUNS_QUEUE, durable=True, arguments=old)
+    await connection.close()
+    broker = RabbitBroker(vhost_url)
+    await broker.connect()
+    seen: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> Outcome:
+        seen.append(delivery.body)
+        return Ack()
+
+    try:
+        await broker.consume_runs(handler, prefetch=1)
+        await broker.publish_run(b"r1")
+        await wait_for(lambda: seen == [b"r1"], message="run request through the old queue")
+    finally:
+        await broker.close()
+
+
+def _at_least(seen: list[int], n: int) -> bool:
+    return len(seen) >= n
 
 
 @pytest.mark.timeout(30)

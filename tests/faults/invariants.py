@@ -64,10 +64,12 @@ def delivered_once(
     )
 
 
-async def all_end(runtime: Runtime, run_ids: Sequence[str], *, message: str) -> None:
-    """Wait (up to a minute) until every one of the runs is in a terminal state."""
+async def all_end(
+    runtime: Runtime, run_ids: Sequence[str], *, message: str, timeout_s: float = 60.0
+) -> None:
+    """Wait (up to a minute, or the recovery's own deadline) until every run is terminal."""
 
     async def ended() -> bool:
         return all([(await runtime.runs.get(run_id)).terminal for run_id in run_ids])
 
-    await wait_for(ended, timeout=60, interval=0.2, message=message)
+    await wait_for(ended, timeout=timeout_s, interval=0.2, message=message)

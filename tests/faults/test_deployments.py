@@ -48,10 +48,13 @@ async def test_two_deployments_on_one_vhost_each_complete_their_own_runs_and_not
                         processes, role, settings, tmp_path / f"{name}-{role}.log", runtime=runtime
                     )
                 )
+        # Each deployment's runs back to back, not alternating: on a shared queue RabbitMQ
+        # hands messages to the two workers in turn, so alternating runs could all land on
+        # their own deployment's worker by luck (seen: the shared-queue bug passed 1 in 2).
         submitted: list[tuple[Runtime, RunRecord]] = []
-        for runtime in (east, west) * 3:
+        for runtime in (east, east, east, west, west, west):
             submitted.append((runtime, await submit(runtime, "story", STORY)))
-        for runtime in (east, west) * 2:
+        for runtime in (east, east, west, west):
             instructions = {"instructions": "a weather agent"}
             submitted.append((runtime, await submit(runtime, "generate_agent", instructions)))
 

@@ -6,14 +6,17 @@
         await system.complete(run, op_id)                # publish to operation.complete
 
 The API and the generator are real uvicorn servers; the worker and the completion
-consumer run in this process on their own runtime (as separate processes would).
+consumer run in this process on their own runtime (as separate processes would), or,
+with ``shipped=True``, as the shipped `runrelay worker` / `runrelay consumer` on uvloop
+(fault tests that claim a process-level guarantee; read their logs with ``output()``).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +31,8 @@ from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.operations import generator_double
 from tests.support.http import serve_app
+from tests.support.procs import Proc, Processes
+from tests.support.shipped import spawn_role
 from tests.support.wait import wait_for
 from tests.workers.support import events, started, wait_status
 from workers.completion import COMPLETIONS
@@ -45,8 +50,13 @@ class System:
     runtime: Runtime  # the test's own view of the backends (publishing, reading)
     api_url: str
     generator: Starlette
-    worker: Worker
+    worker: Worker | None  # in-process ones; None when shipped
     consumer: CompletionConsumer | None
+    procs: list[Proc] = field(default_factory=list)  # the shipped worker and consumer
+
+    def output(self) -> str:
+        """Everything the shipped processes logged so far."""
+        return "\n".join(proc.output() for proc in self.procs)
 
     def client(self, **kw: Any) -> httpx.AsyncClient:
         kw.setdefault("timeout", httpx.Timeout(20.0))
@@ -113,10 +123,12 @@ MakeSystem = Callable[..., contextlib.AbstractAsyncContextManager[System]]
 
 
 @pytest.fixture
-def make_system(make_settings: Callable[..., Settings]) -> MakeSystem:
+def make_system(
+    make_settings: Callable[..., Settings], processes: Processes, tmp_path: Path
+) -> MakeSystem:
     @contextlib.asynccontextmanager
     async def make(
-        *, generator: str = "real", consumer: bool = True, **overrides: Any
+        *, generator: str = "real", consumer: bool = True, shipped: bool = False, **overrides: Any
     ) -> AsyncIterator[System]:
         base = {
             "api_tokens": f"{TOKEN}:{OWNER}",
@@ -144,20 +156,42 @@ def make_system(make_settings: Callable[..., Settings]) -> MakeSystem:
                 settings = make_settings(**{"generator_url": gen_url, **base})
                 async with (
                     started(settings) as api_rt,
-                    started(settings) as worker_rt,
-                    started(settings) as consumer_rt,
                     serve_app(create_app(api_rt, manage_runtime=False)) as api_url,
                 ):
-                    worker = Worker(worker_rt)
-                    await worker.start()
-                    completion = CompletionConsumer(consumer_rt) if consumer else None
-                    if completion is not None:
-                        await completion.start()
-                    try:
-                        yield System(publisher, api_url, gen_app, worker, completion)
-                    finally:
+                    if shipped:
+                        roles = ["worker", "consumer"] if consumer else ["worker"]
+                        procs = [
+                            await spawn_role(
+                                processes,
+                                role,
+                                settings,
+                                tmp_path / f"{role}.log",
+                                runtime=publisher,
+                                **_role_extra(settings),
+                            )
+                            for role in roles
+                        ]
+                        yield System(publisher, api_url, gen_app, None, None, procs)
+                        return
+                    async with started(settings) as worker_rt, started(settings) as consumer_rt:
+                        worker = Worker(worker_rt)
+                        await worker.start()
+                        completion = CompletionConsumer(consumer_rt) if consumer else None
                         if completion is not None:
-                            await completion.stop()
-                        await worker.stop(grace_s=0)
+                            await completion.start()
+                        try:
+                            yield System(publisher, api_url, gen_app, worker, completion)
+                        finally:
+                            if completion is not None:
+                                await completion.stop()
+                            await worker.stop(grace_s=0)
 
     return make
+
+
+def _role_extra(settings: Settings) -> dict[str, str]:
+    """What a shipped worker or consumer needs here beyond `role_env` (the generator's terms)."""
+    return {
+        "RUNRELAY_EARLY_COMPLETION_S": str(settings.early_completion_s),
+        "RUNRELAY_GENERATOR_TIMEOUT_S": str(settings.generator_timeout_s),
+    }

@@ -119,8 +119,9 @@ async def _delivered(runtime: Runtime) -> bool:
 async def test_runs_waiting_through_a_rabbitmq_restart_take_completions_published_after(
     make_system: MakeSystem,
 ) -> None:
+    # The shipped worker and consumer (uvloop) reconnect on their own; none is restarted.
     with own_node() as node:
-        async with make_system(generator="accept", amqp_url=node.url) as system:
+        async with make_system(generator="accept", amqp_url=node.url, shipped=True) as system:
             runs = [await system.submit(f"agent {i}") for i in range(3)]
             ops = [await system.operation_of(run) for run in runs]
 
@@ -130,6 +131,10 @@ async def test_runs_waiting_through_a_rabbitmq_restart_take_completions_publishe
             for run, op_id in zip(runs, ops, strict=True):
                 await system.complete_once_reconnected(run, op_id)
             for run in runs:
+                # Deadline: well inside the 10 s early-completion window and any reaper pass.
                 await wait_status(system.runtime, run, "completed", timeout=30)
                 kinds = await types(system.runtime, run)
                 assert kinds.count("operation.completed") == 1 and kinds[-1] == "run.completed"
+                assert kinds.count("run.started") == 2 and "run.retrying" not in kinds, kinds
+            assert all(proc.alive() for proc in system.procs), system.output()
+            assert "republished attempt" not in system.output()
