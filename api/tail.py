@@ -176,6 +176,7 @@ class TailHub:
         self._reads: dict[tuple[str, int, int], asyncio.Future[Page]] = {}
         self._work = asyncio.Event()
         self._in_wait = False
+        self._woken = False  # a wake was sent for the read now running
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
@@ -221,10 +222,15 @@ class TailHub:
             follow = self._follows[key] = _Follow(cursor, until_terminal)
         follow.subscribers.add(sub)
         self._work.set()
-        if new and self._in_wait:
+        if new and self._in_wait and not self._woken:
             # The running read does not include this key: make it return and re-issue.
-            with contextlib.suppress(BackendUnavailable):
-                await self._log.wake(self._wake_key)  # if not, it returns within BLOCK_S
+            # One wake per read: the re-issued read takes every key added meanwhile, so
+            # 2,000 streams attaching at once cost a few wakes, not 2,000 (each a round trip).
+            self._woken = True
+            try:
+                await self._log.wake(self._wake_key)
+            except BackendUnavailable:
+                self._woken = False  # the read still returns within BLOCK_S
         return sub
 
     async def read(self, key: str, after: int, limit: int) -> Page:
@@ -269,6 +275,7 @@ class TailHub:
             cursors = {key: follow.cursor for key, follow in self._follows.items()}
             cursors[self._wake_key] = self._wake_cursor
             self._in_wait = True
+            self._woken = False
             try:
                 found = await self._log.wait(cursors, self._block_s, self._batch)
             except asyncio.CancelledError:

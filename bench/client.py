@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from typing import cast
 
 _T_RE = re.compile(rb'"t":(\d+)')
 _ID_RE = re.compile(rb"\nid: (\d+)\n")
+# A delta's emit stamp (end to end: `created_at` is stamped by the worker at emit).
+_CREATED_RE = re.compile(rb'"type":"output\.message\.delta",[^\n]*?"created_at":"([^"]+)"')
 
 
 class SSEClient(asyncio.Protocol):
@@ -30,6 +33,7 @@ class SSEClient(asyncio.Protocol):
         "latencies",
         "received",
         "request",
+        "stamps",
         "status",
         "target",
         "transport",
@@ -46,6 +50,7 @@ class SSEClient(asyncio.Protocol):
         self.request = request
         self.latencies = latencies
         self.target = target
+        self.stamps: list[tuple[int, bytes]] | None = None
         self.buf = b""
         self.received = 0
         self.last_id = 0
@@ -55,9 +60,9 @@ class SSEClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
+        # A cast, not an isinstance assert: uvloop's TCPTransport is no asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         if not self.status:
@@ -77,6 +82,10 @@ class SSEClient(asyncio.Protocol):
         if self.latencies is not None:
             now = time.time_ns()
             self.latencies += [(now - int(t)) / 1e6 for t in _T_RE.findall(frames)]
+        if self.stamps is not None:
+            # Kept raw (receive ns, ISO bytes): parsing waits until the run is over.
+            now = time.time_ns()
+            self.stamps += [(now, c) for c in _CREATED_RE.findall(frames)]
         last = frames.rfind(b"\nid: ")
         if last >= 0:
             m = _ID_RE.match(frames, last)
@@ -136,6 +145,7 @@ class Fleet:
         target: list[int] | None = None,
         wave: int = 500,
         wait: bool = True,
+        stamps: list[tuple[int, bytes]] | None = None,
     ) -> list[SSEClient]:
         """Open one connection per path (in waves: the accept backlog is finite)."""
         loop = asyncio.get_running_loop()
@@ -144,6 +154,7 @@ class Fleet:
             extra = "".join(f"{k}: {v}\r\n" for k, v in (headers[i] if headers else {}).items())
             request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n{extra}\r\n".encode()
             new.append(SSEClient(self, request, latencies, target[i] if target else None))
+            new[-1].stamps = stamps
         self.clients += new
         self._done_event.clear()
         for i in range(0, len(new), wave):

@@ -20,11 +20,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from shared.appender import Appender
 from shared.eventlog import scripts
 from shared.eventlog.base import encode_body
 from shared.eventlog.redis_records import redis_stores
 from shared.lifecycle import Runs
 from shared.models import RunRecord, RunStatus, utcnow
+from shared.settings import Settings
 
 PAYLOAD = "x" * 120  # with the envelope: ~230-byte events on the wire
 PUBSUB = "bench-pubsub:"  # baseline (b) channel = this + the log key
@@ -68,6 +70,10 @@ class Producer:
         for i in range(0, n, 50):
             await asyncio.gather(*(one() for _ in range(min(50, n - i))))
         return out
+
+    def _address(self) -> tuple[str, int]:
+        kw = self.redis.connection_pool.connection_kwargs
+        return str(kw.get("host", "127.0.0.1")), int(kw.get("port", 6379))
 
     def log_key(self, run: RunRecord) -> str:
         return self.log.keys.run_log(run.session_id, run.run_id)
@@ -117,6 +123,82 @@ class Producer:
                 await self._send(queue.pop(0))
 
         await asyncio.gather(*(lane() for _ in range(self.connections)))
+
+    async def append_as_worker(self, runs: list[RunRecord], n_each: int) -> None:
+        """n_each events to every run the way a worker's tools emit them.
+
+        One task per run (a worker runs one tool task per run) emitting through the
+        process's coalescing appender (`shared.appender`) under `Runs.emit_rule`,
+        each body stamped at emit like `RunContext.emit`, then flushed before the
+        terminal event as the worker does. Linger: the shipped default.
+        """
+        linger_ms = Settings.model_fields["append_linger_ms"].default
+        appender = Appender(self.log, linger_s=linger_ms / 1000)
+        data = {"delta": PAYLOAD}
+        type_ = "output.message.delta"
+
+        async def tool(run: RunRecord) -> None:
+            stream = appender.stream(
+                run.owner, run.session_id, run.run_id, self.lifecycle.emit_rule(run, "bench")
+            )
+            for _ in range(n_each):
+                body = encode_body(run.run_id, run.session_id, type_, data, utcnow())
+                await stream.put(type_, body)
+            await stream.flush()
+
+        try:
+            await asyncio.gather(*(tool(run) for run in runs))
+        finally:
+            await appender.close()
+
+    async def append_xadd(self, runs: list[RunRecord], n_each: int, pipeline: int = 200) -> int:
+        """n_each plain XADDs to every run's log, then a `run.completed` entry; no script.
+
+        For the ceiling server only (it reads the log's entries and nothing else):
+        the cheapest producer Redis has. The commands are packed as raw RESP once per
+        pipeline and written on a bare socket per lane: redis-py's packing (~15 µs a
+        command) would make this producer, not the server, the limit. Ids follow the
+        run's two lifecycle events (``0-3`` on); the run's record is left as it is
+        (its keys expire with the TTL).
+        """
+        body = encode_body("r", "s", "output.message.delta", {"delta": PAYLOAD}, utcnow())
+        host, port = self._address()
+
+        def resp(*parts: bytes) -> bytes:
+            out = [b"*%d\r\n" % len(parts)]
+            out += [b"$%d\r\n%s\r\n" % (len(p), p) for p in parts]
+            return b"".join(out)
+
+        async def lane(mine: list[RunRecord]) -> int:
+            # A run's ids must arrive in order: each lane owns its runs, in one connection.
+            keys = [self.log_key(run).encode() for run in mine]
+            work = [(k, 3 + i, b"output.message.delta") for i in range(n_each) for k in keys]
+            work += [(k, 3 + n_each, b"run.completed") for k in keys]
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                for start in range(0, len(work), pipeline):
+                    chunk = work[start : start + pipeline]
+                    writer.write(
+                        b"".join(
+                            resp(
+                                b"XADD", k, b"0-%d" % seq, b"t", t, b"d", b'{"id":%d,' % seq + body
+                            )
+                            for k, seq, t in chunk
+                        )
+                    )
+                    # Each reply is one bulk string, "$3\r\n0-5\r\n": two line ends.
+                    got = b""
+                    while got.count(b"\r\n") < 2 * len(chunk):
+                        data = await reader.read(65536)
+                        if not data or data.startswith(b"-") or b"\r\n-" in data:
+                            raise RuntimeError(f"bench: XADD failed: {data[:200]!r}")
+                        got += data
+            finally:
+                writer.close()
+            return len(work)
+
+        n = self.connections
+        return sum(await asyncio.gather(*(lane(runs[k::n]) for k in range(n))))
 
     async def steady(self, runs: list[RunRecord], rate: float, seconds: float) -> int:
         """`rate` events/s in total, round-robin over runs, every ~2 ms; returns events sent."""

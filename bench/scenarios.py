@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import statistics
 import subprocess
 import time
@@ -61,8 +62,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-async def fanout(ctx: Ctx, kind: str, n_runs: int, subs: int, events: int) -> dict[str, float]:
-    """R runs x S subscribers x E events, burst: deliveries/s and server CPU per 1,000."""
+async def fanout(
+    ctx: Ctx, kind: str, n_runs: int, subs: int, events: int, producer: str = "pipelined"
+) -> dict[str, float]:
+    """R runs x S subscribers x E events, burst: deliveries/s and server CPU per 1,000.
+
+    `producer`: ``pipelined`` (the APPEND script sent raw in pipelines: `Producer.append`),
+    ``worker`` (through the coalescing appender as a worker's tools emit:
+    `Producer.append_as_worker`) or ``xadd`` (plain XADD, for the ceiling only).
+    """
     prefix = _prefix()
     with spawn(kind, prefix, ctx.redis_url) as (port, pid):
         prod = Producer(ctx.redis_url, prefix)
@@ -73,8 +81,17 @@ async def fanout(ctx: Ctx, kind: str, n_runs: int, subs: int, events: int) -> di
             await fleet.connect([_path(kind, prod, r) for r in runs for _ in range(subs)])
             await asyncio.sleep(1.0)  # every stream past its replay and following live
             cpu0, t0 = cpu_s(pid), time.perf_counter()
-            await prod.append(runs, events)
-            await prod.finish(runs)
+            own0 = time.process_time()
+            if producer == "xadd":
+                await prod.append_xadd(runs, events)
+            else:
+                if producer == "worker":
+                    await prod.append_as_worker(runs, events)
+                else:
+                    await prod.append(runs, events)
+                await prod.finish(runs)
+            produced = time.perf_counter() - t0
+            own = time.process_time() - own0
             await fleet.all_done(300)
             elapsed, cpu = time.perf_counter() - t0, cpu_s(pid) - cpu0
             delivered = fleet.received
@@ -88,6 +105,8 @@ async def fanout(ctx: Ctx, kind: str, n_runs: int, subs: int, events: int) -> di
         "delivered": delivered,
         "expected": n_runs * subs * (events + 3),
         "seconds": elapsed,
+        "append_rate": n_runs * events / produced,
+        "producer_cpu_us": own / (n_runs * events) * 1e6,  # this process, clients included
     }
 
 
@@ -181,6 +200,72 @@ async def connections(ctx: Ctx, n: int, heartbeat_s: float) -> dict[str, float]:
         "cpu_per_1k_pings_ms": cpu / pings * 1e6,
         "alive": alive,
     }
+
+
+async def idle(
+    ctx: Ctx, kind: str, n_runs: int, per_run: int, trace: str | None = None
+) -> dict[str, Any]:
+    """n_runs running runs that emit nothing, per_run idle SSE connections each.
+
+    RSS growth of the server / connections, after a 50-connection warm-up in the same
+    layout; the time to connect them all (in waves of 500, each until every client
+    has its response head). With `trace` the server runs under tracemalloc
+    (``BENCH_TRACEMALLOC``) and dumps a snapshot before and after the connections:
+    `trace`.1 and `trace`.2 (RSS and timing are then not representative).
+    """
+    prefix = _prefix()
+    n = n_runs * per_run
+    if trace:
+        os.environ["BENCH_TRACEMALLOC"] = trace
+    try:
+        with spawn(kind, prefix, ctx.redis_url) as (port, pid):
+            prod = Producer(ctx.redis_url, prefix)
+            fleet = Fleet(port)
+            try:
+                warm = await prod.runs(max(1, 50 // per_run))
+                runs = await prod.runs(n_runs)
+                await fleet.connect([_path(kind, prod, r) for r in warm for _ in range(per_run)])
+                await asyncio.sleep(1.0)
+                if trace:
+                    await _snapshot(pid, f"{trace}.1")
+                before = rss_kb(pid)
+                t0 = time.perf_counter()
+                paths = [_path(kind, prod, r) for r in runs for _ in range(per_run)]
+                measured = await fleet.connect(paths)
+                connect_s = time.perf_counter() - t0
+                await asyncio.sleep(2.0)
+                after = rss_kb(pid)
+                if trace:
+                    await _snapshot(pid, f"{trace}.2")
+                alive = sum(1 for c in measured if not c.done)
+                await prod.finish(warm + runs)
+            finally:
+                fleet.close()
+                await prod.close()
+    finally:
+        os.environ.pop("BENCH_TRACEMALLOC", None)
+    return {"n": n, "kb_per_conn": (after - before) / n, "connect_s": connect_s, "alive": alive}
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return -1
+
+
+async def _snapshot(pid: int, path: str) -> None:
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 60
+    size = -1
+    while True:  # written once its size stops changing
+        await asyncio.sleep(0.5)
+        now = _size(path)
+        if now > 0 and now == size:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: no tracemalloc snapshot at {path}")
+        size = now
 
 
 async def _commandstats(r: aioredis.Redis) -> dict[str, int]:

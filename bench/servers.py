@@ -73,6 +73,7 @@ def serve_runrelay(port: int, prefix: str, redis_url: str, heartbeat_s: float) -
 
         DirectWrite.write = lambda self, batch: False  # type: ignore[method-assign]
     server = build_server(app, "127.0.0.1", port, log_level="warning")
+    _tracemalloc_on_signal(os.environ.get("BENCH_TRACEMALLOC"))
     if not os.environ.get("BENCH_NO_GC_TUNING"):  # for before/after figures
         tune_gc()  # as `runrelay api` (api.server.serve) does
     server.config.backlog = 4096
@@ -91,6 +92,23 @@ def serve_runrelay(port: int, prefix: str, redis_url: str, heartbeat_s: float) -
         server.shutdown = shutdown  # type: ignore[method-assign]
         profiler.enable()
     server.run()
+
+
+def _tracemalloc_on_signal(path: str | None) -> None:
+    """With `path`: trace allocations; each SIGUSR1 dumps a snapshot to `path`.N (N = 1, 2...)."""
+    if not path:
+        return
+    import signal
+    import tracemalloc
+
+    tracemalloc.start(1)
+    taken = [0]
+
+    def dump(_sig: int, _frame: object) -> None:
+        taken[0] += 1
+        tracemalloc.take_snapshot().dump(f"{path}.{taken[0]}")
+
+    signal.signal(signal.SIGUSR1, dump)
 
 
 _HEAD = (

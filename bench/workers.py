@@ -80,7 +80,13 @@ async def _wait_done(runtime: Runtime, runs: list[RunRecord], timeout_s: float) 
         await asyncio.sleep(0.05)
 
 
-def _spawn_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn_worker(
+    settings: Settings,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    cpu: int | None = None,
+) -> subprocess.Popen[bytes]:
+    """`python -m workers` (= `runrelay worker`) on these settings; `cpu` pins it (taskset)."""
     env = {
         **os.environ,
         "RUNRELAY_REDIS_URL": settings.redis_url or "",
@@ -89,11 +95,14 @@ def _spawn_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]
         "RUNRELAY_WORKER_CONCURRENCY": str(settings.worker_concurrency),
         "RUNRELAY_STREAM_TTL_S": str(settings.stream_ttl_s),
         "RUNRELAY_PUBLISH_GRACE_S": str(settings.publish_grace_s),
+        "RUNRELAY_STREAM_MAX_EVENTS": str(settings.stream_max_events),
+        **(extra_env or {}),
     }
+    cmd = [sys.executable, "-m", "workers"]
+    if cpu is not None and (os.cpu_count() or 1) > 1:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
     with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "workers"], env=env, cwd=REPO, stdout=log, stderr=log
-        )
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=log)
 
 
 async def _ready(runtime: Runtime, pid: int) -> None:

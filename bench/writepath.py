@@ -1,13 +1,15 @@
 """The write path: appends/s through one `runrelay worker`, against plain pipelined XADD.
 
-    python -m bench.writepath [--runs 200] [--paragraphs 50] [--one-run-paragraphs 50]
+    python -m bench.writepath [--runs 200] [--paragraphs 50] [--flood 100000]
 
 Throughput: `--runs` `story` runs with ``delay_ms: 0`` (~9 deltas per paragraph) are
 queued, then one worker process with concurrency = `--runs` drains them all at once;
 appends/s = every event the runs stored / (first `run.started` → last terminal
 event, from the events' own ``created_at``). The reference, in the same run: a
 redis-py loop of pipelined XADDs (4 connections, 200 per pipeline) of the same
-number of events of the same size. Then one run alone, emitting as fast as it can.
+number of events of the same size. Then one run alone, emitting as fast as it can:
+`bench_flood` (bench/tools.py, loaded with ``RUNRELAY_TOOLS=bench.tools``), `--flood`
+16-byte deltas in a loop of ``await ctx.text``.
 
 ``BENCH_PYSPY=/tmp/worker.txt`` records the worker with py-spy (``--format raw``)
 during the 200-run burst. Uses ``RUNRELAY_BENCH_REDIS_URL`` / ``RUNRELAY_BENCH_AMQP_URL``
@@ -43,9 +45,8 @@ from shared.runtime import Runtime
 from shared.settings import load_settings
 
 
-async def _submit(runtime: Runtime, paragraphs: int) -> RunRecord:
-    story = {"prompt": "bench", "paragraphs": paragraphs, "delay_ms": 0}
-    run, _ = await runtime.runs.create(owner="bench", tool="story", input=story)
+async def _submit(runtime: Runtime, tool: str, input_: dict[str, Any]) -> RunRecord:
+    run, _ = await runtime.runs.create(owner="bench", tool=tool, input=input_)
     body = RunRequestMessage(run_id=run.run_id, attempt=1).model_dump_json().encode()
     await runtime.broker.publish_run(body)
     return run
@@ -55,11 +56,12 @@ async def _span(runtime: Runtime, runs: list[RunRecord]) -> tuple[int, float, in
     """(events stored, first run.started → last terminal, body bytes of one delta)."""
     events, first, last, size = 0, float("inf"), 0.0, 0
     for run in runs:
-        page = await runtime.log.read(
-            runtime.log.keys.run_log(run.session_id, run.run_id), 0, 100_000
-        )
-        events += len(page.events)
-        for e in page.events:
+        key, after, stored = runtime.log.keys.run_log(run.session_id, run.run_id), 0, []
+        while page := (await runtime.log.read(key, after, 10_000)).events:
+            stored += page
+            after = page[-1].id
+        events += len(stored)
+        for e in stored:
             if e.type == "run.started":
                 first = min(first, _ts(e.decode()["created_at"]))
             elif e.type.startswith("run.") and e.type != "run.queued":
@@ -98,9 +100,9 @@ async def _xadd_reference(events: int, size: int, connections: int = 4) -> float
 
 
 async def _through_worker(
-    runs: int, paragraphs: int, profile: str | None
+    runs: int, tool: str, input_: dict[str, Any], profile: str | None
 ) -> tuple[int, float, int, float]:
-    """(events, seconds, delta size, worker CPU-s) of `runs` story runs on one worker."""
+    """(events, seconds, delta size, worker CPU-s) of `runs` runs of `tool` on one worker."""
     with _amqp_url() as amqp_url:
         settings = load_settings(
             _env_file=None,
@@ -109,7 +111,7 @@ async def _through_worker(
             key_prefix=f"rrbench:{uuid.uuid4().hex[:8]}:",
             worker_concurrency=max(runs, 1),
             stream_ttl_s=300,
-            stream_max_events=100_000,
+            stream_max_events=200_000,
             publish_grace_s=600,
         )
         runtime = Runtime.build(settings)
@@ -118,8 +120,8 @@ async def _through_worker(
         proc = None
         spy = None
         try:
-            queued = [await _submit(runtime, paragraphs) for _ in range(runs)]
-            proc = _spawn_worker(settings, log_path)
+            queued = [await _submit(runtime, tool, input_) for _ in range(runs)]
+            proc = _spawn_worker(settings, log_path, {"RUNRELAY_TOOLS": "bench.tools"})
             await _ready(runtime, proc.pid)
             if profile:
                 spy = _spy(proc.pid, profile)
@@ -151,10 +153,11 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def main(runs: int, paragraphs: int, one_paragraphs: int) -> list[list[str]]:
+async def main(runs: int, paragraphs: int, flood: int) -> list[list[str]]:
     profile = os.environ.get("BENCH_PYSPY")
     rows: list[list[Any]] = []
-    events, seconds, size, cpu = await _through_worker(runs, paragraphs, profile)
+    story = {"prompt": "bench", "paragraphs": paragraphs, "delay_ms": 0}
+    events, seconds, size, cpu = await _through_worker(runs, "story", story, profile)
     ref = await _xadd_reference(events, size)
     rate = events / seconds
     rows.append(
@@ -168,12 +171,13 @@ async def main(runs: int, paragraphs: int, one_paragraphs: int) -> list[list[str
         ]
     )
     print(rows[-1], flush=True)
-    events, seconds, size, cpu = await _through_worker(1, one_paragraphs, None)
+    flood_input = {"count": flood, "size": 16}
+    events, seconds, size, cpu = await _through_worker(1, "bench_flood", flood_input, None)
     ref1 = await _xadd_reference(events, size)
     rate = events / seconds
     rows.append(
         [
-            "1 story run alone, one worker",
+            f"1 run alone emitting {flood:,} 16-byte deltas as fast as it can (bench_flood)",
             f"{events:,}",
             f"{rate:,.0f}",
             f"{cpu / seconds * 100:.0f}%",
@@ -201,6 +205,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--paragraphs", type=int, default=50)
-    parser.add_argument("--one-run-paragraphs", type=int, default=50)
+    parser.add_argument("--flood", type=int, default=100_000)
     a = parser.parse_args()
-    asyncio.run(main(a.runs, a.paragraphs, a.one_run_paragraphs))
+    asyncio.run(main(a.runs, a.paragraphs, a.flood))

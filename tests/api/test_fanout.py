@@ -6,9 +6,12 @@ import asyncio
 import socket
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
+from api import tail
+from shared.eventlog.memory import memory_stores
 from tests.api.conftest import Api, MakeApi
 from tests.api.sse_client import events
 from tests.support.wait import wait_for
@@ -135,3 +138,36 @@ async def test_stalled_reader_slows_nobody_and_later_gets_everything(make_api: M
         ids = [int(line[4:]) for line in body.split(b"\n") if line.startswith(b"id: ")]
         assert ids == list(range(1, last + 1))
         assert body.endswith(b"event: run.completed\ndata: " + body.rsplit(b"data: ", 1)[1])
+
+
+async def test_streams_attaching_while_the_hub_reads_each_get_their_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Streams attaching during one read share one wake, and the next read is woken again.
+
+    The hub's read is made to block for an hour: a stream whose wake was lost (say, the
+    "already woken" flag never cleared) would get nothing until then.
+    """
+    monkeypatch.setattr(tail, "BLOCK_S", 3600.0)
+    log = memory_stores().log
+    hub = tail.TailHub(log, buffer=100, block_s=3600.0)
+    keys = [log.keys.topic_log("owner", f"topic{i}") for i in range(4)]
+    hub.start()
+    try:
+        first = await hub.subscribe(keys[0], 0, until_terminal=False)
+        await wait_for(lambda: hub._in_wait, message="the hub reads")
+        together = await asyncio.gather(
+            *(hub.subscribe(k, 0, until_terminal=False) for k in keys[1:3])
+        )
+        await wait_for(lambda: hub._in_wait and not hub._woken, message="the hub reads again")
+        later = await hub.subscribe(keys[3], 0, until_terminal=False)
+        # Only the last stream's log gets an event: nothing else can end the hour-long read.
+        await log.append_topic("owner", "topic3", "custom.tick", b'"type":"custom.tick"}')
+        await asyncio.wait_for(later.wait(), 10)
+        for i in range(3):
+            await log.append_topic("owner", f"topic{i}", "custom.tick", b'"type":"custom.tick"}')
+        for sub in [first, *together, later]:
+            await asyncio.wait_for(sub.wait(), 10)
+            assert [f.event.id for b in sub.take() for f in b.frames] == [1]
+    finally:
+        await hub.close()

@@ -1,0 +1,101 @@
+"""Idle followers: memory per SSE connection and connect time, runrelay against bare ASGI.
+
+    python -m bench.idlememory [--layouts 2000x1,100x20] [--no-trace]
+
+For each layout R x C (R running runs that emit nothing, C connections each; bench/
+scenarios.py `idle`): the server's RSS growth / connections after a 50-connection
+warm-up, and the time to connect them all, for the runrelay API (bench/servers.py
+``runrelay``) and for baseline (b), the bare ASGI design on the same server stack
+(uvicorn + uvloop + httptools; one task and one ``asyncio.Queue`` per connection:
+bench/baselines/pubsub_queue.py). Then the runrelay server again under tracemalloc:
+what the connections allocated, by source line, per connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tracemalloc
+
+import uvloop
+
+from bench import scenarios as sc
+from bench.report import machine, table
+from bench.servers import pin, raise_fd_limit
+from bench.workers import REDIS_URL
+
+NAMES = {"runrelay": "runrelay API", "pubsub": "bare ASGI design (baseline b)"}
+
+
+def _breakdown(path: str, n: int, top: int = 12) -> list[list[str]]:
+    before = tracemalloc.Snapshot.load(f"{path}.1")
+    after = tracemalloc.Snapshot.load(f"{path}.2")
+    stats = after.compare_to(before, "lineno")
+    total = sum(s.size_diff for s in stats)
+    rows = [["all", f"{total / n / 1024:.2f}", f"{sum(s.count_diff for s in stats) / n:.1f}"]]
+    for s in stats[:top]:
+        frame = s.traceback[0]
+        where = frame.filename.split("site-packages/")[-1].split("wt-perf2/")[-1]
+        rows.append(
+            [
+                f"`{where}:{frame.lineno}`",
+                f"{s.size_diff / n / 1024:.2f}",
+                f"{s.count_diff / n:.1f}",
+            ]
+        )
+    return rows
+
+
+async def main(layouts: list[tuple[int, int]], trace: bool) -> None:
+    ctx = sc.Ctx(REDIS_URL, quick=False)
+    rows = []
+    for n_runs, per_run in layouts:
+        found = {}
+        for kind in ("runrelay", "pubsub"):
+            r = await sc.idle(ctx, kind, n_runs, per_run)
+            found[kind] = r
+            rows.append(
+                [
+                    f"{n_runs:,} runs x {per_run}",
+                    NAMES[kind],
+                    f"{r['kb_per_conn']:.1f}",
+                    f"{r['connect_s']:.2f}",
+                    f"{r['alive']:,}/{r['n']:,}",
+                ]
+            )
+            print(rows[-1], flush=True)
+        ratio = found["runrelay"]["connect_s"] / found["pubsub"]["connect_s"]
+        rows[-2].append(f"{ratio:.2f}x")
+        rows[-1].append("1.00x")
+    print(machine())
+    print(
+        table(
+            [
+                "layout",
+                "server",
+                "KiB RSS per connection",
+                "connect s",
+                "open at the end",
+                "connect time vs bare ASGI",
+            ],
+            rows,
+        )
+    )
+    if not trace:
+        return
+    for n_runs, per_run in layouts:
+        path = f"/tmp/bench-idle-{os.getpid()}-{n_runs}x{per_run}"
+        r = await sc.idle(ctx, "runrelay", n_runs, per_run, trace=path)
+        print(f"\ntracemalloc, runrelay API, {n_runs:,} runs x {per_run} (per connection):")
+        print(table(["allocated at", "KiB", "blocks"], _breakdown(path, r["n"])))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--layouts", default="2000x1,100x20")
+    parser.add_argument("--no-trace", action="store_true")
+    a = parser.parse_args()
+    chosen = [tuple(int(x) for x in lay.split("x")) for lay in a.layouts.split(",")]
+    pin(1)
+    raise_fd_limit()
+    uvloop.run(main([(r, c) for r, c in chosen], not a.no_trace))
