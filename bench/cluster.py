@@ -23,14 +23,14 @@ from bench.report import machine, table, write_section
 from shared.eventlog.redis_records import redis_stores
 from shared.lifecycle import Runs
 from shared.models import RunStatus
-from tests.support.redis_cluster import ThrowawayCluster, _command
+from tests.support.redis_cluster import ThrowawayCluster, node_command
 from tests.support.redis_node import ThrowawayRedis
 
 
 def _cpu_s(ports: list[int]) -> float:
     total = 0.0
     for port in ports:
-        for line in _command(port, "INFO", "cpu").splitlines():
+        for line in node_command(port, "INFO", "cpu").splitlines():
             name, _, value = line.partition(":")
             if name in ("used_cpu_sys", "used_cpu_user"):
                 total += float(value)

@@ -22,7 +22,7 @@ from shared.models import TERMINAL, Operation, Page, RunRecord, StoredEvent, utc
 
 
 @dataclass
-class _Log:
+class MemoryLog:
     events: list[StoredEvent] = field(default_factory=list)
     last_id: int = 0
     expires_at: float | None = None
@@ -52,7 +52,7 @@ class MemoryState:
         self.max_events = max_events
         self.runs: dict[str, dict[str, str]] = {}
         self.run_expiry: dict[str, float] = {}
-        self.logs: dict[str, _Log] = {}
+        self.logs: dict[str, MemoryLog] = {}
         self.sessions: dict[str, _Session] = {}
         self.owner_runs: dict[str, dict[str, float]] = {}
         self.owner_active: dict[str, dict[str, float]] = {}
@@ -66,7 +66,7 @@ class MemoryState:
     def expired(self, at: float | None) -> bool:
         return at is not None and at <= time.time()
 
-    def log(self, key: str) -> _Log | None:
+    def log(self, key: str) -> MemoryLog | None:
         log = self.logs.get(key)
         if log is not None and self.expired(log.expires_at):
             del self.logs[key]
@@ -94,8 +94,12 @@ class MemoryState:
         async with self.changed:
             self.changed.notify_all()
 
-    def append_event(self, run: dict[str, str], sess_log: _Log, type_: str, body: bytes) -> int:
-        run_log = self.logs.setdefault(self.keys.run_log(run["session_id"], run["run_id"]), _Log())
+    def append_event(
+        self, run: dict[str, str], sess_log: MemoryLog, type_: str, body: bytes
+    ) -> int:
+        run_log = self.logs.setdefault(
+            self.keys.run_log(run["session_id"], run["run_id"]), MemoryLog()
+        )
         event_id = int(run.get("last_event_id", "0")) + 1
         run["last_event_id"] = str(event_id)
         run_log.last_id = event_id - 1
@@ -130,7 +134,7 @@ class MemoryEventLog:
         sess = self._s.session(owner, session_id)
         if sess is None:
             sess = self._s.sessions[self._s.keys.session(session_id, owner)] = _Session(owner)
-        sess_log = self._s.logs.setdefault(self._s.keys.session_log(session_id, owner), _Log())
+        sess_log = self._s.logs.setdefault(self._s.keys.session_log(session_id, owner), MemoryLog())
         sess.active += 1
         sess.expires_at = sess_log.expires_at = None
         now = time.time()
@@ -172,7 +176,7 @@ class MemoryEventLog:
         sess = self._s.session(owner, session_id) or self._s.sessions.setdefault(
             self._s.keys.session(session_id, owner), _Session(owner)
         )
-        sess_log = self._s.logs.setdefault(self._s.keys.session_log(session_id, owner), _Log())
+        sess_log = self._s.logs.setdefault(self._s.keys.session_log(session_id, owner), MemoryLog())
         event_id = int(run.get("last_event_id", "0"))
         for type_, body in batch.events:
             event_id = self._s.append_event(run, sess_log, type_, body)
@@ -226,12 +230,12 @@ class MemoryEventLog:
         return None
 
     async def wake(self, wake_key: str) -> None:
-        log = self._s.logs.setdefault(wake_key, _Log())
+        log = self._s.logs.setdefault(wake_key, MemoryLog())
         log.add("wake", b"{}", 1)
         await self._s.notify()
 
     async def append_topic(self, owner: str, topic: str, type_: str, body: bytes) -> int:
-        log = self._s.logs.setdefault(self._s.keys.topic_log(owner, topic), _Log())
+        log = self._s.logs.setdefault(self._s.keys.topic_log(owner, topic), MemoryLog())
         log.add(type_, b'{"id":%d,' % (log.last_id + 1) + body, self._s.max_events)
         log.expires_at = time.time() + self._s.ttl_s
         await self._s.notify()
@@ -374,7 +378,7 @@ def memory_stores(
     *, prefix: str = "runrelay:", ttl_s: int = 3600, max_events: int = 10_000
 ) -> Stores:
     """The embedded stores on one shared `MemoryState`."""
-    # Imported here: the stream store builds on this module's `MemoryState` and `_Log`.
+    # Imported here: the stream store builds on this module's `MemoryState` and `MemoryLog`.
     from shared.eventlog.memory_streams import MemoryStreamStore
 
     state = MemoryState(prefix=prefix, ttl_s=ttl_s, max_events=max_events)

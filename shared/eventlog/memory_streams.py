@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from shared.eventlog.memory import MemoryState, _Log
+from shared.eventlog.memory import MemoryLog, MemoryState
 from shared.eventlog.streams import (
     CLOSE,
     MESSAGE,
@@ -70,7 +70,7 @@ class MemoryStreamStore:
         if log is not None:
             log.expires_at = stream.expires_at
 
-    def _add(self, log: _Log, type_: str, data: bytes) -> None:
+    def _add(self, log: MemoryLog, type_: str, data: bytes) -> None:
         log.add(type_, data, _UNBOUNDED)
 
     async def create(
@@ -84,7 +84,7 @@ class MemoryStreamStore:
                 status = "exists" if current.config.key() == config.key() else "conflict"
             return status, current.info()
         stream = self._streams[self.keys.ds_meta(owner, path)] = _Stream(config)
-        log = self._s.logs[self.log_key(owner, path)] = _Log()
+        log = self._s.logs[self.log_key(owner, path)] = MemoryLog()
         for message in messages:
             self._add(log, MESSAGE, message)
         stream.tail = log.last_id
@@ -142,7 +142,7 @@ class MemoryStreamStore:
             if stream.stream_seq and stream_seq <= stream.stream_seq:
                 return AppendOutcome("seq_conflict", tail, closed)
             stream.stream_seq = stream_seq
-        log = self._s.logs.setdefault(self.log_key(owner, path), _Log())
+        log = self._s.logs.setdefault(self.log_key(owner, path), MemoryLog())
         for message in messages:
             self._add(log, MESSAGE, message)
         stream.tail = log.last_id

@@ -24,7 +24,7 @@ from tests.faults.conftest import ALICE, spawn_api
 from tests.faults.invariants import delivered_once, run_ended_once
 from tests.faults.rawsse import follow
 from tests.support.procs import Processes
-from tests.support.redis_cluster import ThrowawayCluster, _command
+from tests.support.redis_cluster import ThrowawayCluster, node_command
 from tests.support.redis_node import ThrowawayRedis
 from tests.support.shipped import spawn_generator, spawn_role
 from tests.support.wait import wait_for
@@ -173,9 +173,9 @@ async def test_with_min_replicas_an_append_returns_once_a_replica_has_it_else_fa
 
 
 def _linked(port: int) -> bool:
-    return "master_link_status:up" in _command(port, "INFO", "replication")
+    return "master_link_status:up" in node_command(port, "INFO", "replication")
 
 
 def _replica_log(port: int, runtime: Runtime, run: RunRecord) -> str:
     key = runtime.log.keys.run_log(run.session_id, run.run_id)
-    return _command(port, "XRANGE", key, "-", "+")
+    return node_command(port, "XRANGE", key, "-", "+")

@@ -20,7 +20,7 @@ from types import TracebackType
 
 from tests.support.redis_node import ThrowawayRedis
 
-__all__ = ["ThrowawayCluster"]
+__all__ = ["ThrowawayCluster", "node_command"]
 
 
 def _bindable(port: int) -> bool:
@@ -41,7 +41,7 @@ def _cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
-def _command(port: int, *args: str) -> str:
+def node_command(port: int, *args: str) -> str:
     """One command over a bare socket (RESP inline): the reply's text (a bulk reply whole)."""
     with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
         sock.sendall((" ".join(args) + "\r\n").encode())
@@ -122,7 +122,7 @@ class ThrowawayCluster:
         """Until every running node reports ``cluster_state:ok`` and knows every slot."""
         deadline = time.monotonic() + self.timeout_s
         while True:
-            states = [_command(n.port, "CLUSTER", "INFO") for n in self.nodes if n.running]
+            states = [node_command(n.port, "CLUSTER", "INFO") for n in self.nodes if n.running]
             if states and all("cluster_state:ok" in s for s in states):
                 return
             if time.monotonic() >= deadline:
@@ -133,14 +133,14 @@ class ThrowawayCluster:
         return [
             n
             for n in self.nodes
-            if n.running and "role:master" in _command(n.port, "INFO", "replication")
+            if n.running and "role:master" in node_command(n.port, "INFO", "replication")
         ]
 
     def master_of_slot(self, slot: int) -> ThrowawayRedis:
         """The running master that serves `slot` now (from ``CLUSTER NODES``)."""
         by_port = {n.port: n for n in self.nodes if n.running}
         for port in by_port:
-            for line in _command(port, "CLUSTER", "NODES").splitlines():
+            for line in node_command(port, "CLUSTER", "NODES").splitlines():
                 fields = line.split()
                 if len(fields) < 9 or "master" not in fields[2] or "fail" in fields[2]:
                     continue
