@@ -24,6 +24,7 @@ from api.catalogue import ToolCatalogue
 from api.deps import ApiState
 from api.ds import routes as ds
 from api.errors import Unauthorized
+from api.lean import LeanApp, LeanStreams
 from api.middleware import AccessLog, BodyLimit, Cors
 from api.responses import JSONResponse, error_response
 from api.routes import dead, health, operations, runs, sessions, status, tools
@@ -119,7 +120,7 @@ def create_app(
             if manage_runtime:
                 await runtime.close()
 
-    app = FastAPI(
+    app = LeanApp(
         title="runrelay",
         version="0.1.0",
         description="Runs whose output streams to clients that drop and come back.",
@@ -146,4 +147,5 @@ def create_app(
         # a stream's start still passes through here and gets its CORS headers.
         app.add_middleware(Cors, origins=settings.cors_origins)
     app.add_middleware(AccessLog)
+    app.streams = LeanStreams(app, state)  # stream GETs skip the stack above (api.lean)
     return app

@@ -126,6 +126,21 @@ def redacted_query(query: bytes) -> str:
     return urlencode([(k, _REDACTED if k == "access_token" else v) for k, v in pairs])
 
 
+def log_access(scope: Scope, status: int, started: float) -> None:
+    """The access log's line for a request that started at `started` (``perf_counter``)."""
+    query = redacted_query(scope.get("query_string", b""))
+    path = scope["path"] + (f"?{query}" if query else "")
+    client = scope.get("client")
+    access_log.info(
+        '%s "%s %s" %d %.1fms',
+        f"{client[0]}:{client[1]}" if client else "-",
+        scope["method"],
+        path,
+        status,
+        (time.perf_counter() - started) * 1000,
+    )
+
+
 class Detached(Protocol):
     """A response that finishes after the app returns (an event stream's long phase)."""
 
@@ -168,17 +183,7 @@ class AccessLog:
         try:
             await self._run(scope, receive, record_send, send, detached)
         finally:
-            query = redacted_query(scope.get("query_string", b""))
-            path = scope["path"] + (f"?{query}" if query else "")
-            client = scope.get("client")
-            access_log.info(
-                '%s "%s %s" %d %.1fms',
-                f"{client[0]}:{client[1]}" if client else "-",
-                scope["method"],
-                path,
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
+            log_access(scope, status, started)
 
     async def _run(
         self, scope: Scope, receive: Receive, send: Send, raw_send: Send, detached: list[Detached]

@@ -73,20 +73,20 @@ class Batch(NamedTuple):
 class Subscription:
     """One stream's mailbox at the hub. Only the hub pushes; only its stream takes.
 
-    Idle streams are most of a process's connections, so this holds little: a list
-    and, only while its stream waits, one future.
+    Idle streams are most of a process's connections, so this holds little: a list,
+    and while its stream is parked the stream's wake and (native format) direct write.
     """
 
     __slots__ = (
         "_capacity",
         "_queued",
-        "_waiter",
         "batches",
         "closed",
         "direct",
         "error",
         "key",
         "overflowed",
+        "waker",
     )
 
     def __init__(self, key: str, capacity: int) -> None:
@@ -97,19 +97,14 @@ class Subscription:
         self.error: BackendUnavailable | None = None
         self._capacity = capacity  # in frames
         self._queued = 0
-        self._waiter: asyncio.Future[None] | None = None
-        # Set by a stream parked in its live phase: writes a batch at once if it can.
+        # Set by the stream while it is parked: `waker` resumes it, `direct` writes a batch
+        # to its connection at once if it can (api.streams.direct_write).
+        self.waker: Callable[[], None] | None = None
         self.direct: Callable[[Batch], bool] | None = None
 
     def push(self, batch: Batch) -> bool:
         """Queue a batch; False (and detached) when the buffer would overflow."""
-        if (
-            self.direct is not None
-            and not self.batches
-            and self._waiter is not None
-            and not self._waiter.done()
-            and self.direct(batch)
-        ):
+        if self.direct is not None and not self.batches and self.direct(batch):
             # Written straight to the connection of a parked stream: no task wake-up,
             # so 1,000 subscribers of a run get an event in one pass of this loop.
             return True
@@ -135,20 +130,30 @@ class Subscription:
         self.wake()
 
     def wake(self) -> None:
-        """Resume the stream waiting in `wait` (a heartbeat being due does this too)."""
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        """Resume the stream parked on this subscription (a heartbeat being due does this too)."""
+        waker = self.waker
+        if waker is not None:
+            waker()
 
     async def wait(self) -> None:
-        """Return once frames are queued, the subscription ended, or `wake` is called."""
+        """Return once frames are queued, the subscription ended, or `wake` is called.
+
+        For a consumer without a connection of its own; a stream parks instead
+        (api.streams.state), so an idle stream holds no future of its own.
+        """
         if self.batches or self.overflowed or self.closed:
             return
-        self._waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def woken() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        self.waker = woken
         try:
-            await self._waiter
+            await waiter
         finally:
-            self._waiter = None
+            self.waker = None
 
 
 class _Follow:

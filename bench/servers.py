@@ -69,9 +69,9 @@ def serve_runrelay(port: int, prefix: str, redis_url: str, heartbeat_s: float) -
     if os.environ.get(
         "BENCH_NO_DIRECT"
     ):  # for before/after figures: streams never written by the hub
-        from api.streams.direct_write import DirectWrite
+        from api.streams.state import StreamState
 
-        DirectWrite.write = lambda self, batch: False  # type: ignore[method-assign]
+        StreamState.direct = lambda self, batch: False  # type: ignore[method-assign]
     server = build_server(app, "127.0.0.1", port, log_level="warning")
     _tracemalloc_on_signal(os.environ.get("BENCH_TRACEMALLOC"))
     if not os.environ.get("BENCH_NO_GC_TUNING"):  # for before/after figures

@@ -17,11 +17,13 @@ docs/dialects.md.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Request
 from starlette.responses import Response
+from starlette.types import Message
 
 from api.deps import ApiState, Owner, State
 from api.dialects.common import epoch_s, sse_data, start_run, stream_response
@@ -233,12 +235,18 @@ async def _collect(state: ApiState, run: RunRecord) -> str | None:
         until_terminal=True,
         fmt=StreamFormat(framer=keep),
     )
-    try:
-        async for _ in body:
-            pass
-    finally:
-        await body.aclose()
+    await body.serve(_never_leaves, _discard)
     return "".join(text) if ended else None
+
+
+async def _never_leaves() -> Message:
+    """The `receive` of a stream nobody reads: its client never leaves."""
+    await asyncio.get_running_loop().create_future()
+    raise AssertionError("unreachable")
+
+
+async def _discard(message: Message) -> None:
+    """The `send` of a stream nobody reads."""
 
 
 async def _summary(state: ApiState, kind: Kind, spec_id: str, run: RunRecord) -> dict[str, Any]:

@@ -223,6 +223,13 @@ async def task_stream(
     last_message_id: Annotated[str | None, Query()] = None,
 ) -> Response:
     """The run as a UI message stream, from `last_message_id` (``0-0`` = from the start)."""
+    return await task_event_stream(state, owner, request, task_id, last_message_id)
+
+
+async def task_event_stream(
+    state: ApiState, owner: str, request: Request, task_id: str, last_message_id: str | None
+) -> Response:
+    """The stream of `task_stream` (also served by `api.lean`, before FastAPI)."""
     run = await state.runtime.runs.get(task_id, owner)
     cursor = parse_cursor(request, last_message_id)
     if cursor > run.last_event_id:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.cursors import check_cursor, requested_cursor
-from api.deps import Owner, State
+from api.deps import ApiState, Owner, State
 from api.dialects.common import stream_response
 from api.openapi import CURSOR, SSE, errors
 from api.responses import JSONResponse
@@ -80,6 +80,11 @@ async def topic_stream(
     request: Request, state: State, owner: Owner, topic: Annotated[str, Query()]
 ) -> Response:
     """The caller's topic from the cursor on: missed events, then live ones, with heartbeats."""
+    return await topic_event_stream(state, owner, request, topic)
+
+
+async def topic_event_stream(state: ApiState, owner: str, request: Request, topic: str) -> Response:
+    """The stream of `topic_stream` (also served by `api.lean`, before FastAPI)."""
     log = state.runtime.log
     key = log.keys.topic_log(owner, _check_topic(topic))
     cursor = requested_cursor(request)

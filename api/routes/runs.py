@@ -178,17 +178,25 @@ async def run_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = _JSON_PAGE_DEFAULT,
 ) -> Response:
     """SSE from the cursor to the terminal event, or a JSON page (``Accept: application/json``)."""
+    if not wants_json(request):
+        return await run_event_stream(state, owner, request, run_id)
     run = await state.runtime.runs.get(run_id, owner)
     cursor = requested_cursor(request)
     check_cursor(cursor, run.last_event_id)
-    if _wants_json(request):
-        return await _json_page(state, run, cursor, limit)
+    return await _json_page(state, run, cursor, limit)
+
+
+async def run_event_stream(state: ApiState, owner: str, request: Request, run_id: str) -> Response:
+    """``GET /v1/runs/{run_id}/events`` as SSE (also served by `api.lean`, before FastAPI)."""
+    run = await state.runtime.runs.get(run_id, owner)
+    cursor = requested_cursor(request)
+    check_cursor(cursor, run.last_event_id)
     if run.terminal and cursor == run.last_event_id:
         return Response(status_code=204)  # an EventSource stops reconnecting on 204
     return _run_stream(state, owner, run, cursor)
 
 
-def _wants_json(request: Request) -> bool:
+def wants_json(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "application/json" in accept and "text/event-stream" not in accept
 

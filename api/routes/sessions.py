@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from api.cursors import check_cursor, requested_cursor
-from api.deps import Owner, State
+from api.deps import ApiState, Owner, State
 from api.openapi import CURSOR, SSE, errors
 from api.streams import EventStreamResponse, event_stream
 from shared.errors import NotFound
@@ -23,6 +23,13 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 )
 async def session_events(session_id: str, request: Request, state: State, owner: Owner) -> Response:
     """SSE over every run of the session; it ends only when the connection ages out."""
+    return await session_event_stream(state, owner, request, session_id)
+
+
+async def session_event_stream(
+    state: ApiState, owner: str, request: Request, session_id: str
+) -> Response:
+    """The stream of `session_events` (also served by `api.lean`, before FastAPI)."""
     log = state.runtime.log
     # Sessions are per owner: another owner's session of this id is simply not ours.
     if not valid_id(session_id) or not await state.runtime.store.session_exists(owner, session_id):

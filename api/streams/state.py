@@ -9,14 +9,24 @@ The cursor is the only state that matters. Frames at or below it are skipped; a
 frame past ``cursor + 1`` means something was missed (the subscriber overflowed or
 joined a follow that was ahead), so the hole is read from the log first. Hence no
 loss and no repeat, whatever the hub does.
+
+One task per stream, the request's own: `serve` writes to the server's `send` itself.
+While it waits in the live phase the stream is *parked* in ``receive()``, which returns
+only when the client leaves; the hub, the heartbeat ticker and the age limit wake it by
+cancelling that wait (`wake`: a cancellation it takes back with ``Task.uncancel``, as
+``asyncio.timeout`` does). So an idle stream holds one task, its few coroutine frames and
+no future, event or async generator of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import logging
+
+from starlette.types import Receive, Send
 
 from api import metrics, sse
+from api.streams import direct_write
 from api.streams.format import StreamFormat
 from api.streams.heartbeat import heartbeats
 from api.tail import Batch, Frame, Subscription, TailHub
@@ -24,9 +34,38 @@ from shared.errors import BackendUnavailable
 from shared.models import PAGE_SIZE, TERMINAL_EVENTS, Gap
 from shared.settings import Settings
 
+log = logging.getLogger(__name__)
+
+
+class _Left(Exception):
+    """The client went away (the stream stops where it is)."""
+
 
 class StreamState:
-    """The cursor of one response and the phases that move it; `run()` yields its bytes."""
+    """The cursor of one response and the phases that move it; `serve` writes its bytes."""
+
+    __slots__ = (
+        "before",
+        "cursor",
+        "deadline",
+        "done",
+        "ended",
+        "fmt",
+        "heartbeat_s",
+        "hub",
+        "key",
+        "last_sent",
+        "loop",
+        "parked",
+        "receive",
+        "retry_ms",
+        "send",
+        "sub",
+        "task",
+        "until_terminal",
+        "wake_at",
+        "woken",
+    )
 
     def __init__(
         self,
@@ -50,34 +89,75 @@ class StreamState:
         self.deadline = self.loop.time() + settings.max_connection_s
         self.last_sent = self.loop.time()
         self.done = False  # the terminal event went out
-        self.ended = False  # `run()` finished by itself (not closed from outside)
+        self.ended = False  # the stream finished by itself (not because the client left)
         self.wake_at = 0.0
-        self.sub: Subscription | None = None
-        # Set while a connection is bound (api.streams.direct_write): the hub may write
-        # batches itself while this stream is parked.
-        self.direct: Callable[[Batch], bool] | None = None
+        self.sub: Subscription | None = None  # while parked
+        self.task: asyncio.Task[object] | None = None
+        self.send: Send | None = None  # the server's own (api.server_assumptions.RAW_SEND)
+        self.receive: Receive | None = None
+        self.parked = False  # waiting in `receive()` for a wake or the client to leave
+        self.woken = False  # a wake (a cancellation of the park) is on its way
 
     def aged(self) -> bool:
         return self.loop.time() >= self.deadline
 
-    async def run(self) -> AsyncGenerator[bytes, None]:
+    async def serve(self, receive: Receive, send: Send) -> None:
+        """Write the stream to `send` until it ends (then end the body) or the client leaves."""
+        self.task = asyncio.current_task()
+        self.receive = receive
+        self.send = send
         metrics.OPEN_STREAMS.inc()
         try:
-            yield sse.retry(self.retry_ms)
-            if self.before:
-                yield self.before
+            await self._write(sse.retry(self.retry_ms) + self.before)
+            self.before = b""
             if self.cursor > 0:
                 metrics.RESUMES.inc()
-            async for chunk in self.replay():
-                yield chunk
-            if not (self.done or self.aged()):
-                async for chunk in self.follow():
-                    yield chunk
-        except BackendUnavailable as exc:
-            yield self.fmt.error("backend_unavailable", str(exc))
+            try:
+                await self.replay()
+                if not (self.done or self.aged()):
+                    await self.follow()
+            except BackendUnavailable as exc:
+                await self._write(self.fmt.error("backend_unavailable", str(exc)))
+            self.ended = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (_Left, OSError):
+            pass  # the client went away (OSError: mid-write)
         finally:
             metrics.OPEN_STREAMS.dec()
-        self.ended = True
+            self.receive = self.send = self.task = None
+
+    async def _write(self, data: bytes) -> None:
+        assert self.send is not None
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        self.last_sent = self.loop.time()
+
+    def direct(self, batch: Batch) -> bool:
+        """The hub's write of `batch` while this stream is parked (api.streams.direct_write)."""
+        assert self.send is not None
+        return direct_write.write(self, self.send, batch)
+
+    async def park(self) -> None:
+        """Wait for a `wake` (returns) or for the client to leave (raises `_Left`)."""
+        assert self.receive is not None and self.task is not None
+        self.parked = True
+        try:
+            while (await self.receive())["type"] != "http.disconnect":
+                pass  # the request's (empty) body: nothing to read
+            raise _Left
+        except asyncio.CancelledError:
+            # Ours (`wake`) unless someone else cancelled the task too: then theirs wins.
+            if not self.woken or self.task.uncancel() > 0:
+                raise
+        finally:
+            self.parked = self.woken = False
+
+    def wake(self) -> None:
+        """Resume the parked stream: frames queued, a heartbeat or the age limit due."""
+        if self.parked and not self.woken and self.task is not None:
+            self.woken = True
+            if self.sub is not None:
+                self.sub.direct = None  # what arrives until it runs is queued, in order
+            self.task.cancel()
 
     async def read_into(self, parts: list[bytes], upto: int | None = None) -> bool:
         """Append one page of frames after the cursor (up to `upto`); True once caught up."""
@@ -110,53 +190,48 @@ class StreamState:
         parts.append(self.fmt.gap(gap.first, gap.last))
         metrics.GAPS.inc()
 
-    async def replay(self) -> AsyncIterator[bytes]:
+    async def replay(self) -> None:
         """Pages from the log until caught up (or ended, or aged out at a boundary)."""
         while True:
             parts: list[bytes] = []
             caught_up = await self.read_into(parts)
             if parts:
-                self.last_sent = self.loop.time()
-                yield b"".join(parts)
+                await self._write(b"".join(parts))
             if caught_up or self.done or self.aged():
                 return
 
-    async def follow(self) -> AsyncIterator[bytes]:
-        sub = await self.hub.subscribe(self.key, self.cursor, until_terminal=self.until_terminal)
+    async def follow(self) -> None:
+        hub = self.hub
+        sub = await hub.subscribe(self.key, self.cursor, until_terminal=self.until_terminal)
         try:
             while True:
                 if sub.overflowed:
                     # Too slow for the live pace (the hub counted it): read the log at our
                     # own pace, then rejoin.
-                    self.hub.unsubscribe(sub)
-                    async for chunk in self.replay():
-                        yield chunk
+                    hub.unsubscribe(sub)
+                    await self.replay()
                     if self.done or self.aged():
                         return
-                    sub = await self.hub.subscribe(
+                    sub = await hub.subscribe(
                         self.key, self.cursor, until_terminal=self.until_terminal
                     )
                     continue
                 if not sub.batches:
                     if sub.error is not None:
-                        yield self.fmt.error("backend_unavailable", str(sub.error))
+                        await self._write(self.fmt.error("backend_unavailable", str(sub.error)))
                         return
                     if sub.closed or self.aged():
                         return
-                    quiet = await self.idle(sub)
-                    if quiet:
-                        self.last_sent = self.loop.time()
-                        yield self.fmt.heartbeat
+                    if await self.idle(sub):
+                        await self._write(self.fmt.heartbeat)
                     continue
                 chunk = await self.live(sub.take())
                 if chunk:
-                    self.last_sent = self.loop.time()
-                    yield chunk
+                    await self._write(chunk)
                 if self.done or self.aged():
                     return
         finally:
-            self.sub = None
-            self.hub.unsubscribe(sub)
+            hub.unsubscribe(sub)
 
     async def idle(self, sub: Subscription) -> bool:
         """Wait for frames (parked); True when a heartbeat is due instead."""
@@ -167,20 +242,18 @@ class StreamState:
             self.sub = sub
             beats = heartbeats(self.loop)
             beats.add(self)
-            sub.direct = self.direct
+            sub.waker = self.wake
+            if self.fmt.native:  # only the hub's own bytes can go out as they are
+                sub.direct = self.direct
             try:
-                await sub.wait()
+                await self.park()
             finally:
-                sub.direct = None
+                sub.waker = sub.direct = self.sub = None
                 beats.discard(self)
             if sub.batches or sub.overflowed or sub.closed:
                 return False
             due = self.last_sent + self.heartbeat_s  # a direct write may have gone out meanwhile
         return self.loop.time() >= due and not self.aged()
-
-    def wake(self) -> None:
-        if self.sub is not None:
-            self.sub.wake()
 
     async def live(self, batches: list[Batch]) -> bytes:
         # Everything queued goes out as one chunk: one write for a burst.
