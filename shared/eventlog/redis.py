@@ -209,14 +209,15 @@ class _ChangeFeed:
         """Subscribe the new keys (on their node), unsubscribe the gone ones; with `recheck`,
         move the keys whose slot moved to another node since."""
         by_node: dict[str, list[str]] = {}
-        for key in cursors:
+        # Set operations on the key views, in C: the hub calls this for every read, with
+        # every followed log (a Python loop over 2,000 keys per read slowed connect storms).
+        fresh = cursors.keys() if recheck else cursors.keys() - self._node_of_key.keys()
+        for key in fresh:
             known = self._node_of_key.get(key)
-            if known is not None and not recheck:
-                continue
             node = self._conn.node_of(key)
             if known != node:
                 by_node.setdefault(node, []).append(key)
-        gone = [k for k in self._node_of_key if k not in cursors]
+        gone = self._node_of_key.keys() - cursors.keys()
         moved = [k for keys in by_node.values() for k in keys if k in self._node_of_key]
         for key in [*gone, *moved]:
             node = self._node_of_key.pop(key)
