@@ -39,6 +39,7 @@ from api.dialects import chat, topics
 from api.middleware import Cors, access_log, log_access
 from api.routes import runs, sessions
 from api.server_assumptions import RAW_SEND
+from api.streams import EventStreamResponse
 from shared import tracing
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,9 @@ class LeanStreams:
         scope[_MATCHED] = (route.open, found.group(1), request)
         return True
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         scope[RAW_SEND] = send  # the stream writes its body to the server's own `send`
-        await self._core(scope, receive, send)
+        return self._core(scope, receive, send)  # no frame of this one per idle stream
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -132,7 +133,12 @@ class LeanStreams:
             response, failure = await self._answer(request, exc)
         del request, open_, param  # only the response and its stream live on
         try:
-            await response(scope, receive, send)
+            if isinstance(response, EventStreamResponse):
+                # Its two steps, so an idle stream holds no frame of the response's own.
+                await response.start(send)
+                await response.serve(receive, scope[RAW_SEND])
+            else:
+                await response(scope, receive, send)
         finally:
             if access_log.isEnabledFor(logging.INFO):
                 log_access(scope, response.status_code, started)

@@ -235,7 +235,7 @@ async def _collect(state: ApiState, run: RunRecord) -> str | None:
         until_terminal=True,
         fmt=StreamFormat(framer=keep),
     )
-    await body.serve(_never_leaves, _discard)
+    await body.serve(_never_leaves, _discard)  # an unexpected error is logged: no text
     return "".join(text) if ended else None
 
 

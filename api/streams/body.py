@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from starlette.types import Receive, Send
@@ -25,8 +26,11 @@ class StreamBody(Protocol):
     def ended(self) -> bool:
         """True once the stream ended by itself (terminal event, age, error, shutdown)."""
 
-    async def serve(self, receive: Receive, send: Send) -> None:
-        """Write the body to `send` (the server's own) until it ends or the client leaves."""
+    async def serve(
+        self, receive: Receive, send: Send, on_close: Callable[[], None] | None = None
+    ) -> None:
+        """Write the body to `send` (the server's own) until it ends or the client leaves,
+        then call `on_close`; an unexpected error is logged, not raised."""
 
 
 def event_stream(

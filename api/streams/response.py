@@ -10,8 +10,7 @@ frames are freed while the stream stays open for minutes.
 from __future__ import annotations
 
 import functools
-import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -19,8 +18,6 @@ from starlette.types import Receive, Scope, Send
 from api import sse
 from api.server_assumptions import DETACH, RAW_SEND
 from api.streams.body import StreamBody
-
-log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -57,28 +54,27 @@ class EventStreamResponse(Response):
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The start goes through the middleware, so the access log records the status.
-        start = {"type": "http.response.start", "status": self.status_code}
-        try:
-            await send({**start, "headers": list(self.raw_headers)})
-        except BaseException:
-            self._on_close()
-            raise
+        await self.start(send)
         detach = scope.get(DETACH)
         if detach is not None:
             detach(self)  # the long phase runs in AccessLog once the app returns
             return
         await self.serve(receive, scope.get(RAW_SEND, send))
 
+    async def start(self, send: Send) -> None:
+        """Send the response's start (through the middleware, so the access log has it)."""
+        message = {"type": "http.response.start", "status": self.status_code}
+        try:
+            await send({**message, "headers": list(self.raw_headers)})
+        except BaseException:
+            self._on_close()
+            raise
+
     def abandon(self) -> None:
         """The app failed after detaching: the stream never runs, its slot is given back."""
         self._on_close()
 
-    async def serve(self, receive: Receive, send: Send) -> None:
-        """Write the body to `send` (the server's own) until it ends or the client leaves."""
-        try:
-            await self._body.serve(receive, send)
-        except Exception:
-            log.exception("event stream failed")
-        finally:
-            self._on_close()
+    def serve(self, receive: Receive, send: Send) -> Awaitable[None]:
+        """Write the body to `send` (the server's own) until it ends or the client leaves;
+        the slot is given back then. The body's own coroutine: no frame of this one."""
+        return self._body.serve(receive, send, self._on_close)

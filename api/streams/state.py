@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from starlette.types import Receive, Send
 
@@ -101,8 +102,11 @@ class StreamState:
     def aged(self) -> bool:
         return self.loop.time() >= self.deadline
 
-    async def serve(self, receive: Receive, send: Send) -> None:
-        """Write the stream to `send` until it ends (then end the body) or the client leaves."""
+    async def serve(
+        self, receive: Receive, send: Send, on_close: Callable[[], None] | None = None
+    ) -> None:
+        """Write the stream to `send` until it ends (then end the body) or the client leaves;
+        then call `on_close` (a stream slot's release)."""
         self.task = asyncio.current_task()
         self.receive = receive
         self.send = send
@@ -122,9 +126,13 @@ class StreamState:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (_Left, OSError):
             pass  # the client went away (OSError: mid-write)
+        except Exception:
+            log.exception("event stream failed")
         finally:
             metrics.OPEN_STREAMS.dec()
             self.receive = self.send = self.task = None
+            if on_close is not None:
+                on_close()
 
     async def _write(self, data: bytes) -> None:
         assert self.send is not None
@@ -135,21 +143,6 @@ class StreamState:
         """The hub's write of `batch` while this stream is parked (api.streams.direct_write)."""
         assert self.send is not None
         return direct_write.write(self, self.send, batch)
-
-    async def park(self) -> None:
-        """Wait for a `wake` (returns) or for the client to leave (raises `_Left`)."""
-        assert self.receive is not None and self.task is not None
-        self.parked = True
-        try:
-            while (await self.receive())["type"] != "http.disconnect":
-                pass  # the request's (empty) body: nothing to read
-            raise _Left
-        except asyncio.CancelledError:
-            # Ours (`wake`) unless someone else cancelled the task too: then theirs wins.
-            if not self.woken or self.task.uncancel() > 0:
-                raise
-        finally:
-            self.parked = self.woken = False
 
     def wake(self) -> None:
         """Resume the parked stream: frames queued, a heartbeat or the age limit due."""
@@ -245,9 +238,19 @@ class StreamState:
             sub.waker = self.wake
             if self.fmt.native:  # only the hub's own bytes can go out as they are
                 sub.direct = self.direct
+            # Parked: until a `wake` (returns) or the client leaves (raises `_Left`).
+            assert self.receive is not None and self.task is not None
+            self.parked = True
             try:
-                await self.park()
+                while (await self.receive())["type"] != "http.disconnect":
+                    pass  # the request's (empty) body: nothing to read
+                raise _Left
+            except asyncio.CancelledError:
+                # Ours (`wake`) unless someone else cancelled the task too: then theirs wins.
+                if not self.woken or self.task.uncancel() > 0:
+                    raise
             finally:
+                self.parked = self.woken = False
                 sub.waker = sub.direct = self.sub = None
                 beats.discard(self)
             if sub.batches or sub.overflowed or sub.closed:
