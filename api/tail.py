@@ -219,6 +219,13 @@ class TailHub:
                 await self._task
             self._task = None
 
+    def reads_from(self, key: str, cursor: int) -> bool:
+        """Whether a subscription to `key` made now gets every event after `cursor` from this
+        hub's reads: nobody follows `key` yet (the follow starts there), or its follow is
+        not past `cursor`. Not while draining (subscriptions end at once then)."""
+        follow = self._follows.get(key)
+        return not self._closing and (follow is None or follow.cursor <= cursor)
+
     async def subscribe(self, key: str, cursor: int, *, until_terminal: bool) -> Subscription:
         """Receive frames of `key` appended after the hub's read position (≈ `cursor`)."""
         sub = Subscription(key, self._buffer)

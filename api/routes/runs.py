@@ -75,7 +75,9 @@ def _run_stream(state: ApiState, owner: str, run: RunRecord, cursor: int) -> Res
     release = state.slots.acquire(owner)
     runtime = state.runtime
     key = runtime.log.keys.run_log(run.session_id, run.run_id)
-    body = event_stream(state.hub, runtime.settings, key, cursor, until_terminal=True)
+    body = event_stream(
+        state.hub, runtime.settings, key, cursor, until_terminal=True, last_id=run.last_event_id
+    )
     return EventStreamResponse(body, on_close=release)
 
 

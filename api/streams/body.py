@@ -42,9 +42,11 @@ def event_stream(
     until_terminal: bool,
     fmt: StreamFormat = NATIVE,
     before: bytes = b"",
+    last_id: int | None = None,
 ) -> StreamState:
     """The bytes of one SSE response over log `key` from `cursor` (see `api.streams`).
 
     `before` goes out once, right after the ``retry:`` line (a dialect's opening frames).
+    `last_id`: the log's last id as a record read just before said (a run's).
     """
-    return StreamState(hub, settings, key, cursor, until_terminal, fmt, before)
+    return StreamState(hub, settings, key, cursor, until_terminal, fmt, before, last_id)

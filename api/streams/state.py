@@ -38,6 +38,10 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# At most this many events behind: the hub's read brings them (`hub_brings_backlog`).
+_HUB_BACKLOG = 32
+
+
 class _Left(Exception):
     """The client went away (the stream stops where it is)."""
 
@@ -55,6 +59,7 @@ class StreamState:
         "heartbeat_s",
         "hub",
         "key",
+        "last_id",
         "last_sent",
         "loop",
         "parked",
@@ -77,8 +82,10 @@ class StreamState:
         until_terminal: bool,
         fmt: StreamFormat,
         before: bytes = b"",
+        last_id: int | None = None,
     ) -> None:
         self.hub = hub
+        self.last_id = last_id
         self.key = key
         self.cursor = cursor
         self.until_terminal = until_terminal
@@ -117,7 +124,8 @@ class StreamState:
             if self.cursor > 0:
                 metrics.RESUMES.inc()
             try:
-                await self.replay()
+                if not self.hub_brings_backlog():
+                    await self.replay()
                 if not (self.done or self.aged()):
                     await self.follow()
             except BackendUnavailable as exc:
@@ -133,6 +141,22 @@ class StreamState:
             self.receive = self.send = self.task = None
             if on_close is not None:
                 on_close()
+
+    def hub_brings_backlog(self) -> bool:
+        """Whether the hub's first read of the log brings what is behind the cursor, so the
+        stream subscribes at once instead of reading the log itself.
+
+        Only for a few events (the run record said how many: `last_id`), and only when the
+        hub is not already past the cursor (it then reads from there for this stream). A
+        connect storm then costs one shared read per hub pass, not one per stream; the
+        cursor rules make any other case (a stale record, a trimmed log) exact anyway.
+        """
+        last = self.last_id
+        return (
+            last is not None
+            and 0 <= last - self.cursor <= _HUB_BACKLOG
+            and self.hub.reads_from(self.key, self.cursor)
+        )
 
     async def _write(self, data: bytes) -> None:
         assert self.send is not None
