@@ -4,8 +4,9 @@
 
 For each layout R x C (R running runs that emit nothing, C connections each; bench/
 scenarios.py `idle`): the server's RSS growth / connections after a 50-connection
-warm-up, and the time to connect them all, for the runrelay API (bench/servers.py
-``runrelay``) and for baseline (b), the bare ASGI design on the same server stack
+warm-up, the time to connect them all and the server's CPU meanwhile (per connection),
+for the runrelay API (bench/servers.py ``runrelay``) and for baseline (b), the bare
+ASGI design on the same server stack
 (uvicorn + uvloop + httptools; one task and one ``asyncio.Queue`` per connection:
 bench/baselines/pubsub_queue.py). Then the runrelay server again under tracemalloc:
 what the connections allocated, by source line, per connection.
@@ -60,6 +61,7 @@ async def main(layouts: list[tuple[int, int]], trace: bool) -> None:
                     NAMES[kind],
                     f"{r['kb_per_conn']:.1f}",
                     f"{r['connect_s']:.2f}",
+                    f"{r['cpu_ms_per_conn']:.2f}",
                     f"{r['alive']:,}/{r['n']:,}",
                 ]
             )
@@ -75,6 +77,7 @@ async def main(layouts: list[tuple[int, int]], trace: bool) -> None:
                 "server",
                 "KiB RSS per connection",
                 "connect s",
+                "server CPU ms per connect",
                 "open at the end",
                 "connect time vs bare ASGI",
             ],

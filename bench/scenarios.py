@@ -209,7 +209,8 @@ async def idle(
 
     RSS growth of the server / connections, after a 50-connection warm-up in the same
     layout; the time to connect them all (in waves of 500, each until every client
-    has its response head). With `trace` the server runs under tracemalloc
+    has its response head), and the server's CPU meanwhile per connection (steadier than
+    the time on a shared machine). With `trace` the server runs under tracemalloc
     (``BENCH_TRACEMALLOC``) and dumps a snapshot before and after the connections:
     `trace`.1 and `trace`.2 (RSS and timing are then not representative).
     """
@@ -229,10 +230,12 @@ async def idle(
                 if trace:
                     await _snapshot(pid, f"{trace}.1")
                 before = rss_kb(pid)
-                t0 = time.perf_counter()
                 paths = [_path(kind, prod, r) for r in runs for _ in range(per_run)]
+                cpu0 = cpu_s(pid)
+                t0 = time.perf_counter()
                 measured = await fleet.connect(paths)
                 connect_s = time.perf_counter() - t0
+                connect_cpu = cpu_s(pid) - cpu0
                 await asyncio.sleep(2.0)
                 after = rss_kb(pid)
                 if trace:
@@ -244,7 +247,13 @@ async def idle(
                 await prod.close()
     finally:
         os.environ.pop("BENCH_TRACEMALLOC", None)
-    return {"n": n, "kb_per_conn": (after - before) / n, "connect_s": connect_s, "alive": alive}
+    return {
+        "n": n,
+        "kb_per_conn": (after - before) / n,
+        "connect_s": connect_s,
+        "cpu_ms_per_conn": connect_cpu * 1000 / n,  # the server's CPU while they connected
+        "alive": alive,
+    }
 
 
 def _size(path: str) -> int:
