@@ -103,3 +103,40 @@ def test_access_log_is_the_outermost_middleware(make_settings: Callable[..., Set
             break
         layer = layer.app  # type: ignore[attr-defined]
     assert isinstance(layer, AccessLog), f"outermost of ours: {type(layer).__name__}"
+
+
+async def test_a_cancelled_receive_still_reports_the_client_leaving() -> None:
+    """The parked stream's wake (point 3): cancelling uvicorn's `receive()` loses nothing."""
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+    seen: asyncio.Future[str] = loop.create_future()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send(_body(b"x"))
+        assert (await receive())["type"] == "http.request"  # the (empty) request body
+        task = asyncio.current_task()
+        assert task is not None
+        for _ in range(3):  # woken three times, as a parked stream is
+            loop.call_soon(task.cancel)
+            try:
+                await receive()
+            except asyncio.CancelledError:
+                assert task.uncancel() == 0
+            else:
+                seen.set_result("receive returned instead of being cancelled")
+                return
+        woken.set_result(None)
+        seen.set_result((await receive())["type"])
+
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as http:
+        async with http.stream("GET", "/") as response:
+            async for _ in response.aiter_bytes():
+                break
+            await asyncio.wait_for(woken, 10)
+        assert await asyncio.wait_for(seen, 10) == "http.disconnect"
