@@ -2,7 +2,8 @@
 
     apt-get install wrk        # the append load generator (Debian's wrk 4)
     python -m bench.dstreams [--repeat 2] [--seconds 10] [--connections 32]
-                             [--readers 1000] [--sse-rates 10,100] [--sse-seconds 10] [--write]
+                             [--readers 1000] [--sse-rates 10,100] [--sse-seconds 10]
+                             [--only runrelay,reference,two] [--write]
 
 Targets, one after the other (their order alternates between repeats): runrelay's API
 (`bench.servers runrelay`, one process, Redis on 127.0.0.1); `@durable-streams/server`
