@@ -75,9 +75,13 @@ async def _wait(
     return sub
 
 
-async def long_poll(hub: TailHub, source: Source, after: int, timeout_s: float) -> View | None:
-    """The first view with messages, or the end of a closed stream, or (at timeout) empty."""
-    view = await source.page(after)
+async def long_poll(
+    hub: TailHub, source: Source, after: int, timeout_s: float, first: View | None = None
+) -> View | None:
+    """The first view with messages, or the end of a closed stream, or (at timeout) empty.
+
+    `first`: the page after `after`, already read (it is read again once subscribed)."""
+    view = first if first is not None else await source.page(after)
     if view is None or view.messages or view.closed:
         return view
     sub = await _subscribe(hub, source, after)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.eventlog.redis import RedisConnection, _flat_events
+from shared.eventlog.redis import Coalescer, RedisConnection, _flat_events
 from shared.eventlog.streams import (
     AppendOutcome,
     Producer,
@@ -214,13 +214,14 @@ class RedisStreamStore:
         self._retain = redis.register_script(RETAIN)
         self._release = redis.register_script(RELEASE)
         self._delete = redis.register_script(DELETE)
+        # Appends and reads: concurrent ones share a round trip (one pipeline).
+        self._batch = Coalescer(conn)
 
     def log_key(self, owner: str, path: str) -> str:
         return self.keys.ds_log(owner, path)
 
     def _keys(self, owner: str, path: str) -> list[str]:
-        k = self.keys
-        return [k.ds_meta(owner, path), k.ds_log(owner, path), k.ds_producers(owner, path)]
+        return self.keys.ds_keys(owner, path)
 
     async def create(
         self, owner: str, path: str, config: StreamConfig, messages: list[bytes], closed: bool
@@ -276,17 +277,16 @@ class RedisStreamStore:
             len(messages),
             *messages,
         ]
-        status, tail, closed, out_epoch, out_seq = await self.conn.call(
-            self._append(keys=self._keys(owner, path), args=args)
+        status, tail, closed, out_epoch, out_seq = await self._batch.call(
+            self._append, self._keys(owner, path), args
         )
         return AppendOutcome(status.decode(), int(tail), bool(closed), int(out_epoch), int(out_seq))
 
     async def read(
         self, owner: str, path: str, after: int, limit: int, *, touch: bool = True
     ) -> tuple[StreamInfo, list[StoredEvent]] | None:
-        reply = await self.conn.call(
-            self._read(keys=self._keys(owner, path), args=[after, limit, "1" if touch else "0"])
-        )
+        args = [after, limit, "1" if touch else "0"]
+        reply = await self._batch.call(self._read, self._keys(owner, path), args)
         if not reply:
             return None
         fields, entries = reply
