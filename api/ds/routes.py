@@ -27,12 +27,13 @@ from api.ds.reads import Source, View
 from api.sse import EVENT_STREAM
 from shared.eventlog.streams import (
     MESSAGE,
+    Chunk,
     Producer,
     StreamConfig,
     StreamInfo,
     media_type,
 )
-from shared.models import TERMINAL, TERMINAL_EVENTS, StoredEvent
+from shared.models import TERMINAL, TERMINAL_EVENTS
 
 DEFAULT_TYPE = "application/octet-stream"
 _CACHE_CHUNK = "private, max-age=60, stale-while-revalidate=300"
@@ -95,20 +96,29 @@ def _info_headers(info: StreamInfo) -> dict[str, str]:
 
 
 # Sources ------------------------------------------------------------------------------
-def _view(found: tuple[StreamInfo, list[StoredEvent]] | None, after: int) -> View | None:
-    """A `StreamStore.read` answer as a page after `after` (None: no such stream)."""
+def _view(found: tuple[StreamInfo, Chunk] | None, after: int) -> View | None:
+    """A `StreamStore.page` answer as a page after `after` (None: no such stream)."""
     if found is None or found[0].gone:
         return None
-    now, entries = found
-    messages = [(e.id, e.json) for e in entries if e.type == MESSAGE]
-    return reads.cut(messages, min(after, now.tail), now.tail, now.closed)
+    now, chunk = found
+    if not chunk.count:
+        return View([], min(after, now.tail), now.tail, now.closed)
+    # One element: the messages joined as a body joins them (`protocol.body_of`).
+    return View([chunk.body], chunk.last, now.tail, now.closed)
+
+
+async def _page(state: ApiState, owner: str, path: str, after: int) -> View | None:
+    found = await state.runtime.streams.page(
+        owner, path, after, reads.CHUNK_MESSAGES, reads.CHUNK_BYTES
+    )
+    return _view(found, after)
 
 
 def _stream_source(state: ApiState, owner: str, path: str, info: StreamInfo) -> Source:
     streams = state.runtime.streams
 
     async def page(after: int) -> View | None:
-        return _view(await streams.read(owner, path, after, reads.CHUNK_MESSAGES), after)
+        return await _page(state, owner, path, after)
 
     return Source(info.config.content_type, streams.log_key(owner, path), info.tail, page)
 
@@ -467,12 +477,12 @@ async def _stream(request: Request, state: ApiState, owner: str, path: str) -> R
         if start is None:
             info = await streams.info(owner, path)
         elif start < 0:  # now: the tail is where it starts, and there is nothing after it
-            found = await streams.read(owner, path, 0, 0)
-            info = found[0] if found is not None else None
+            now = await streams.read(owner, path, 0, 0)
+            info = now[0] if now is not None else None
             if info is not None and not info.gone:
                 first = (info.tail, View([], info.tail, info.tail, info.closed))
         else:
-            found = await streams.read(owner, path, start, reads.CHUNK_MESSAGES)
+            found = await streams.page(owner, path, start, reads.CHUNK_MESSAGES, reads.CHUNK_BYTES)
             info = found[0] if found is not None else None
             first = (start, _view(found, start))
         if info is None:
