@@ -78,7 +78,7 @@ class Producer:
     def log_key(self, run: RunRecord) -> str:
         return self.log.keys.run_log(run.session_id, run.run_id)
 
-    def _args(self, run: RunRecord, data: dict[str, Any]) -> tuple[list[str], list[Any]]:
+    def _args(self, run: RunRecord, data: dict[str, Any]) -> tuple[list[str], list[Any], bytes]:
         type_ = "output.message.delta"
         now = utcnow()
         body = encode_body(run.run_id, run.session_id, type_, data, now)
@@ -90,23 +90,23 @@ class Producer:
             k.session_log(run.session_id, run.owner),
             k.session_runs(run.session_id, run.owner),
         ]
-        # APPEND's layout: the rule (no holder check), then the one event (type, body).
-        return keys, ["", "0", ",running,", now, 600, 200_000, 0, 0, type_, body]
+        # APPEND's layout: the rule (no holder check), then the one event (lens, blob).
+        events = scripts.frame_events(((type_, body),))
+        return keys, ["", "0", ",running,", now, 600, 200_000, 0, 0, *events], body
 
     async def _send(self, batch: list[tuple[RunRecord, dict[str, Any]]]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             calls = [self._args(run, data) for run, data in batch]
-            for keys, args in calls:
+            for keys, args, _ in calls:
                 # Plain EVALSHA: a Script in a pipeline costs a SCRIPT EXISTS per execute.
                 pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
             results = await pipe.execute()
         if self.publish:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for (run, _), (_, args), res in zip(batch, calls, results, strict=True):
-                    full = b'{"id":%d,' % int(res[0]) + args[-1]
-                    msg = b'{"id":%d,"type":"%s","event":%s}' % (
+                for (run, _), (_, _, body), res in zip(batch, calls, results, strict=True):
+                    full = b'{"id":%d,' % int(res[0]) + body
+                    msg = b'{"id":%d,"type":"output.message.delta","event":%s}' % (
                         int(res[0]),
-                        args[-2].encode(),
                         full,
                     )
                     pipe.publish(PUBSUB + self.log_key(run), msg)

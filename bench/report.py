@@ -20,12 +20,22 @@ def machine() -> str:
     )
 
 
-def write_section(title: str, body: str) -> None:
-    """Replace (or append) the `## title` section of docs/benchmarks.md."""
+def write_section(title: str, body: str, *, owned: str | None = None) -> None:
+    """Replace (or append) the `## title` section of docs/benchmarks.md.
+
+    With `owned` (a regex for the `### ` headings this writer makes), the section's
+    other `### ` subsections — another bench's or a hand-written one — are kept, after
+    `body`; without it the whole section is replaced."""
     text = DOC.read_text() if DOC.exists() else HEADER
-    section = f"## {title}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
+    found = pattern.search(text)
+    kept = []
+    if found and owned is not None:
+        for sub in re.finditer(r"^### (.*?)\n.*?(?=^### |\Z)", found.group(0), re.S | re.M):
+            if not re.match(owned, sub.group(1)):
+                kept.append(sub.group(0).strip())
+    section = f"## {title}\n\n" + "\n\n".join([body.strip(), *kept]) + "\n"
+    if found:
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
         text = text.rstrip() + "\n\n" + section

@@ -597,8 +597,7 @@ class RedisEventLog:
                 owner,
                 run_id,
                 score,
-                first_type,
-                first_body,
+                *scripts.frame_events(((first_type, first_body),)),
                 self._max_events,
                 len(fields),
                 *flat_pairs(fields),
@@ -641,8 +640,8 @@ class RedisEventLog:
         a pipeline splits by slot without splitting any call)."""
         calls = []
         for b in batches:
-            events = [part for event in b.events for part in event]
             keys = self.conn.run_keys(b.owner, b.session_id, b.run_id)
+            events = scripts.frame_events(b.events)  # 2 arguments, not 2 per event
             calls.append(("EVALSHA", self._append.sha, 5, *keys, *self._rule_args(b.rule), *events))
         if self.conn.cluster or self.conn.min_replicas:
             # Each batch on its own (concurrently): `conn.write` routes it to its slot's

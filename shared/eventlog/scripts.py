@@ -7,24 +7,36 @@ Every key one script touches shares the session hash tag (see `shared.keys`).
 
 from __future__ import annotations
 
-# Shared by CREATE and APPEND: append the pre-encoded events args[first], args[first+1],
-# ... (type, body pairs up to args[last]) to the run log and the session log. Each
-# counter moves once per batch (HINCRBY by n), so the ids are consecutive; readers
-# following these logs (an API's tail hub) hear of the news once per batch, on the
-# log's key, with the batch's last id.
+import struct
+from collections.abc import Sequence
+
+# Shared by CREATE and APPEND: append a batch's pre-encoded events to the run log and
+# the session log. The batch comes as two arguments (see `frame_events`), not two per
+# event: `lens` holds each event's type length and body length (big-endian 32-bit),
+# `blob` the types and bodies back to back, so a client packs two arguments per batch
+# and the script cuts the events out with struct.unpack and string.sub. Each counter
+# moves once per batch (HINCRBY by n), so the ids are consecutive; readers following
+# these logs (an API's tail hub) hear of the news once per batch, on the log's key,
+# with the batch's last id.
 _APPEND_EVENTS = """
-local function append_events(run, log, sess, slog, maxlen, args, first, last)
-  local n = (last - first + 1) / 2
+local function append_events(run, log, sess, slog, maxlen, lens, blob)
+  local n = #lens / 8
   local id = redis.call('HINCRBY', run, 'last_event_id', n) - n
   local sid = redis.call('HINCRBY', sess, 'last_event_id', n) - n
-  for i = first, last, 2 do
+  local at = 1
+  for k = 1, #lens, 8 do
+    local tlen, blen = struct.unpack('>I4I4', lens, k)
+    local etype = string.sub(blob, at, at + tlen - 1)
+    local body = string.sub(blob, at + tlen, at + tlen + blen - 1)
+    at = at + tlen + blen
     id = id + 1
     sid = sid + 1
-    local etype, body = args[i], args[i + 1]
-    redis.call('XADD', log, 'MAXLEN', maxlen, '0-' .. id,
-               't', etype, 'd', '{"id":' .. id .. ',' .. body)
-    redis.call('XADD', slog, 'MAXLEN', maxlen, '0-' .. sid,
-               't', etype, 'd', '{"id":' .. sid .. ',"run_event_id":' .. id .. ',' .. body)
+    -- Each id as text once (a number in a concatenation is formatted every time).
+    local ids, sids = string.format('%d', id), string.format('%d', sid)
+    redis.call('XADD', log, 'MAXLEN', maxlen, '0-' .. ids,
+               't', etype, 'd', '{"id":' .. ids .. ',' .. body)
+    redis.call('XADD', slog, 'MAXLEN', maxlen, '0-' .. sids,
+               't', etype, 'd', '{"id":' .. sids .. ',"run_event_id":' .. ids .. ',' .. body)
   end
   redis.call('SPUBLISH', log, id)
   redis.call('SPUBLISH', slog, sid)
@@ -32,8 +44,21 @@ local function append_events(run, log, sess, slog, maxlen, args, first, last)
 end
 """
 
+
+def frame_events(events: Sequence[tuple[str, bytes]]) -> tuple[bytes, bytes]:
+    """A batch's ``(type, body)`` events as the scripts' two arguments ``lens, blob``."""
+    parts: list[bytes] = []
+    lens: list[int] = []
+    for type_, body in events:
+        name = type_.encode()
+        parts += (name, body)
+        lens += (len(name), len(body))
+    return struct.pack(f">{len(lens)}I", *lens), b"".join(parts)
+
+
 # KEYS: run, run log, session, session log, session runs
-# ARGV: owner, run_id, created_score, first type, first body, maxlen, n, field/value pairs...
+# ARGV: owner, run_id, created_score, first event (lens, blob: `frame_events`), maxlen,
+#       n, field/value pairs...
 CREATE = (
     _APPEND_EVENTS
     + """
@@ -44,7 +69,7 @@ for i = 8, 7 + 2 * n, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HINCRBY', KEYS[3], 'active', 1)
 for i = 3, 5 do redis.call('PERSIST', KEYS[i]) end
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[2])
-append_events(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV, 4, 5)
+append_events(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV[4], ARGV[5])
 return 'ok'
 """
 )
@@ -55,8 +80,8 @@ return 'ok'
 # nothing can follow the terminal event, in this batch or any later one).
 # KEYS: run, run log, session, session log, session runs
 # ARGV: to ('' = keep), terminal ('1'/'0'), allowed (',a,b,' or ''), now, ttl, maxlen,
-#       n_expect, expect pairs..., n_fields, field pairs..., then the events:
-#       type, body, type, body, ... to the end.
+#       n_expect, expect pairs..., n_fields, field pairs..., then the events as two
+#       arguments: lens, blob (`frame_events`).
 # Returns {last id, previous status} on success, {0, status} when missing or refused
 # ('' = missing), {-1, status, field} when an expectation failed.
 APPEND = (
@@ -79,7 +104,7 @@ end
 local nf = tonumber(ARGV[i])
 local fields = i + 1
 local first = fields + 2 * nf
-local id = append_events(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV, first, #ARGV)
+local id = append_events(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV[first], ARGV[first + 1])
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[1]) end
 for f = fields, first - 1, 2 do redis.call('HSET', KEYS[1], ARGV[f], ARGV[f + 1]) end

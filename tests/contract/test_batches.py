@@ -85,3 +85,27 @@ async def test_a_batch_for_an_unknown_run_is_not_found(runs: Runs, log: EventLog
     ghost = run.model_copy(update={"run_id": f"run_{time.time_ns()}"})
     [result] = await log.append_batches([batch(ghost, ["x"], Transition())])
     assert isinstance(result, NotFound)
+
+
+async def test_a_batch_keeps_each_events_type_and_exact_bytes(runs: Runs, log: EventLog) -> None:
+    # Multi-byte text, a body far over redis-py's 6,000-byte packing buffer, an empty
+    # delta and mixed types in one batch: each event comes back as it was encoded.
+    run = await started(runs)
+    texts = ["héllo ✓ 🎉", "", "x" * 20_000, 'naïve\n"quoted"', "end"]
+    types = ["output.message.delta", "custom.note", "output.message.delta", "custom.n", "t"]
+    events = [
+        (t, encode_body(run.run_id, run.session_id, t, {"delta": d}, utcnow()))
+        for t, d in zip(types, texts, strict=True)
+    ]
+    [last] = await log.append_batches(
+        [Batch(run.owner, run.session_id, run.run_id, events, runs.emit_rule(run, "w1"))]
+    )
+    assert last == 7
+    for key in (
+        log.keys.run_log(run.session_id, run.run_id),
+        log.keys.session_log(run.session_id, run.owner),
+    ):
+        stored = (await all_events(log, key))[2:]
+        assert [e.type for e in stored] == types
+        assert [e.decode()["type"] for e in stored] == types
+        assert [e.decode()["data"]["delta"] for e in stored] == texts

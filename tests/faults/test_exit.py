@@ -19,7 +19,7 @@ from tests.faults.conftest import ALICE, spawn_api
 from tests.faults.invariants import delivered_once, run_ended_once
 from tests.faults.rawsse import read_stream
 from tests.support.procs import Processes
-from tests.support.shipped import spawn_role
+from tests.support.shipped import spawn_generator, spawn_role
 from tests.support.wait import wait_for
 from tests.workers.support import started
 
@@ -69,3 +69,14 @@ async def test_api_worker_and_consumer_exit_0_on_sigterm_and_streams_resume_exac
         consumer.terminate()
         assert await worker.wait_async(timeout=30) == 0, worker.output()[-2000:]
         assert await consumer.wait_async(timeout=30) == 0, consumer.output()[-2000:]
+
+
+async def test_the_generator_exits_0_on_sigterm(
+    make_settings: Callable[..., Settings], processes: Processes, tmp_path: Path
+) -> None:
+    # uvicorn re-raises the stopping signal after its shutdown (exit 143), which a process
+    # manager reads as a crash: the generator's server overrides that, as the API's does.
+    settings = make_settings()
+    generator, _ = await spawn_generator(processes, settings, tmp_path / "g.log")
+    generator.terminate()
+    assert await generator.wait_async(timeout=30) == 0, generator.output()[-2000:]
