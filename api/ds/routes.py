@@ -164,7 +164,9 @@ async def _log_source(state: ApiState, owner: str, kind: str, ident: str) -> Sou
                 return None
             # Read after the record: a terminal status means the log holds the terminal event.
             closed = record.status in TERMINAL
-        got = await state.hub.read(key, after, reads.CHUNK_MESSAGES)
+        # Not the hub's shared read: live readers share this page under their own rule
+        # (api.ds.reads.page), which a read joined underneath could break.
+        got = await runtime.log.read(key, after, reads.CHUNK_MESSAGES)
         if got.first_id and after < got.first_id - 1:
             raise ProtocolError(410, f"offset {after} is older than the log's retention")
         # The terminal event may land between the two reads: then it closes the stream
@@ -210,7 +212,7 @@ async def _read(
     elif first is not None and first[0] == after:
         view = prefetched
     else:
-        view = await source.page(after)
+        view, _ = await reads.page(state.hub, source, after)
     if view is None:
         return refuse(404, "no such stream")
     headers = {NEXT_OFFSET: protocol.offset(view.last), **ttl}
