@@ -22,15 +22,13 @@ from api import dashboard, dialects
 from api.auth import Authenticator
 from api.catalogue import ToolCatalogue
 from api.deps import ApiState
-from api.ds import routes as ds
-from api.errors import Unauthorized
 from api.lean import LeanApp, LeanStreams
 from api.middleware import AccessLog, BodyLimit, Cors
-from api.responses import JSONResponse, error_response
+from api.responses import JSONResponse, error_response, runrelay_error
 from api.routes import dead, health, operations, runs, sessions, status, tools
 from api.streams import StreamSlots
 from api.tail import TailHub
-from shared.errors import BackendUnavailable, BadRequest, RunRelayError
+from shared.errors import BackendUnavailable, RunRelayError
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -57,11 +55,7 @@ def _field_path(loc: Sequence[Any]) -> str:
 
 async def _on_runrelay_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RunRelayError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    if exc.status >= 500 and not isinstance(exc, BackendUnavailable):
-        log.error("%s on %s %s: %s", exc.code, request.method, request.url.path, exc)
-    field = exc.field if isinstance(exc, BadRequest) else None
-    return error_response(exc.status, exc.code, str(exc), field, headers)
+    return runrelay_error(exc, request.method, request.url.path)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -139,7 +133,6 @@ def create_app(
     app.include_router(operations.router)
     for router in dialects.ROUTERS:
         app.include_router(router)
-    app.include_router(ds.router)  # last: its catch-all path must not shadow other routes
     # Outermost last: the access log sees every answer, including a 413 and a preflight.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:
@@ -147,5 +140,6 @@ def create_app(
         # a stream's start still passes through here and gets its CORS headers.
         app.add_middleware(Cors, origins=settings.cors_origins)
     app.add_middleware(AccessLog)
+    app.serve_durable_streams(state)  # /ds/: the same middleware, not FastAPI's stack
     app.streams = LeanStreams(app, state)  # stream GETs skip the stack above (api.lean)
     return app

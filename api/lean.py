@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import ApiState
 from api.dialects import chat, topics
+from api.ds.front import DurableStreamsApp
 from api.middleware import Cors, access_log, log_access
 from api.routes import runs, sessions
 from api.server_assumptions import RAW_SEND
@@ -158,8 +159,9 @@ class LeanStreams:
         raise exc
 
 
-class LeanApp(FastAPI):
-    """FastAPI, with the stream GETs of `api.lean.ROUTES` served by `streams` first."""
+class LeanApp(DurableStreamsApp):
+    """The API's app: the stream GETs of `api.lean.ROUTES` served by `streams` first, then
+    ``/ds/`` by `api.ds.front`, then everything else by FastAPI."""
 
     streams: LeanStreams | None = None
 

@@ -83,6 +83,11 @@ class Keys:
         digest = hashlib.sha256(f"{owner}\0{path}".encode()).hexdigest()[:24]
         return f"{self.prefix}{{ds:{digest}}}"
 
+    def ds_keys(self, owner: str, path: str) -> list[str]:
+        """`ds_meta`, `ds_log` and `ds_producers` of one stream (one digest for the three)."""
+        tag = self._ds_tag(owner, path)
+        return [f"{tag}:meta", f"{tag}:log", f"{tag}:producers"]
+
     def ds_meta(self, owner: str, path: str) -> str:
         """A Durable Stream's configuration and counters (hash)."""
         return f"{self._ds_tag(owner, path)}:meta"

@@ -5,14 +5,23 @@ A `Source` is what a GET reads: an owned stream of the `StreamStore`, or a run's
 hub only says "this log has news"; each reader then reads from its own offset, so
 nothing depends on timing and a reader that joins during an append misses nothing
 (it subscribes before it reads).
+
+Readers of one source at one offset share one read and its SSE encoding (`page`):
+1,000 live readers woken by one append cost one store read and one encoding, not
+1,000 of each. Sharing never loses an append: a reader just subscribed joins only a
+read that started after it subscribed (appends after that wake it); a woken reader
+knows the last id it was told of, and a shared page that ends before that id is read
+again, fresh (the hub tells of an event only once it is stored).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from api.ds import protocol
 from api.tail import Subscription, TailHub
@@ -58,40 +67,115 @@ def cut(messages: list[tuple[int, bytes]], after: int, tail: int, closed: bool) 
     return View(out, last, tail, closed)
 
 
-async def _subscribe(hub: TailHub, source: Source, after: int) -> Subscription:
-    return await hub.subscribe(source.hub_key, after, until_terminal=False)
+_TICKS = itertools.count(1)  # orders reads and news taken, process-wide
+
+
+class _Read:
+    """One store read of a source at an offset, shared by the readers that join it."""
+
+    __slots__ = ("future", "sse", "tick")
+
+    def __init__(self, future: asyncio.Future[View | None]) -> None:
+        self.tick = next(_TICKS)
+        self.future = future
+        self.sse: bytes | None = None  # its messages as SSE data events, encoded once
+
+
+_reads: dict[tuple[int, str, int], _Read] = {}
+
+
+def _landed(key: tuple[int, str, int], read: _Read, done: asyncio.Future[View | None]) -> None:
+    if _reads.get(key) is read:
+        del _reads[key]
+    if not done.cancelled():
+        done.exception()  # retrieved: every reader may have gone
+
+
+class News(NamedTuple):
+    """What a reader knows when it reads: see `page`."""
+
+    since: int = 0
+    told: int = 0
+    seen: int = 0
+
+
+NO_NEWS = News()
+
+
+async def page(
+    hub: TailHub, source: Source, after: int, news: News | None = None
+) -> tuple[View | None, _Read]:
+    """`source.page(after)`, shared with the readers asking the same meanwhile.
+
+    `news.since`: join only a read started after this tick (0: any read in flight).
+    `news.told`, `news.seen`: the last id the hub told the caller of, and the tick it took that
+    news at; a page ending before `told` started before the news, so it is read again
+    by a read started after `seen` (the readers woken together share that one too)."""
+    since, told, seen = news or NO_NEWS
+    key = (id(hub), source.hub_key, after)
+    read = _reads.get(key)
+    if read is None or read.tick <= since:
+        read = _start(key, source, after)
+    # Shielded: one reader going away must not cancel the read the others wait for.
+    view = await asyncio.shield(read.future)
+    if view is not None and view.tail < told:
+        read = _reads.get(key) or _start(key, source, after)
+        if read.tick <= seen:
+            read = _start(key, source, after)
+        view = await asyncio.shield(read.future)
+    return view, read
+
+
+def _start(key: tuple[int, str, int], source: Source, after: int) -> _Read:
+    read = _Read(asyncio.ensure_future(source.page(after)))
+    _reads[key] = read
+    read.future.add_done_callback(lambda done: _landed(key, read, done))
+    return read
+
+
+async def _subscribe(hub: TailHub, source: Source, after: int) -> tuple[Subscription, int]:
+    sub = await hub.subscribe(source.hub_key, after, until_terminal=False)
+    return sub, next(_TICKS)
 
 
 async def _wait(
     hub: TailHub, source: Source, sub: Subscription, after: int, within_s: float
-) -> Subscription:
-    """Wait for news of the source (or `within_s`); the subscription to keep using."""
+) -> tuple[Subscription, News]:
+    """Wait for news of the source (or `within_s`); the subscription to keep using, and
+    what the next read must include."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(sub.wait(), within_s)
-    sub.take()  # the frames only say "news": the reader reads from its own offset
+    # The frames only say "news": the reader reads from its own offset.
+    told = max((batch.last for batch in sub.take()), default=0)
     if sub.overflowed or sub.closed:
         hub.unsubscribe(sub)
-        sub = await _subscribe(hub, source, after)
-    return sub
+        sub, since = await _subscribe(hub, source, after)
+        return sub, News(since=since)
+    return sub, News(told=told, seen=next(_TICKS))
 
 
-async def long_poll(hub: TailHub, source: Source, after: int, timeout_s: float) -> View | None:
-    """The first view with messages, or the end of a closed stream, or (at timeout) empty."""
-    view = await source.page(after)
+async def long_poll(
+    hub: TailHub, source: Source, after: int, timeout_s: float, first: View | None = None
+) -> View | None:
+    """The first view with messages, or the end of a closed stream, or (at timeout) empty.
+
+    `first`: the page after `after`, already read (it is read again once subscribed)."""
+    view = first if first is not None else (await page(hub, source, after))[0]
     if view is None or view.messages or view.closed:
         return view
-    sub = await _subscribe(hub, source, after)
+    sub, since = await _subscribe(hub, source, after)
+    news = News(since=since)
     try:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             # Read again now that the hub listens: an append made meanwhile is not missed.
-            view = await source.page(after)
+            view = (await page(hub, source, after, news))[0]
             if view is None or view.messages or view.closed:
                 return view
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return view
-            sub = await _wait(hub, source, sub, after, remaining)
+            sub, news = await _wait(hub, source, sub, after, remaining)
     finally:
         hub.unsubscribe(sub)
 
@@ -101,20 +185,23 @@ async def sse(
 ) -> AsyncIterator[bytes]:
     """``data`` + ``control`` events from `after` on; ends when the stream is closed, gone,
     or after `max_s` (the client reconnects from the last control's offset)."""
-    sub = await _subscribe(hub, source, after)
+    sub, since = await _subscribe(hub, source, after)
+    news = News(since=since)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_s
     announced = False
     try:
         while True:
-            view = await source.page(after)
+            view, read = await page(hub, source, after, news)
             if view is None:
                 return
             cursor = protocol.cursor(client_cursor)
             ended = view.closed and view.at_end
             data = b""
             if view.messages:
-                data = protocol.sse_data(source.content_type, view.messages)
+                if read.sse is None:
+                    read.sse = protocol.sse_data(source.content_type, view.messages)
+                data = read.sse
                 after = view.last
             if view.messages or not announced or ended:
                 # One write for the pair: a reader never sees data without its control.
@@ -129,6 +216,6 @@ async def sse(
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            sub = await _wait(hub, source, sub, after, remaining)
+            sub, news = await _wait(hub, source, sub, after, remaining)
     finally:
         hub.unsubscribe(sub)

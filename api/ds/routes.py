@@ -15,17 +15,19 @@ errors included — carries the protocol's security and CORS headers.
 from __future__ import annotations
 
 import hashlib
+import re
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from api.deps import Owner, State
+from api.deps import ApiState
 from api.ds import protocol, reads
 from api.ds.protocol import CLOSED, NEXT_OFFSET, UP_TO_DATE, ProtocolError
 from api.ds.reads import Source, View
 from api.sse import EVENT_STREAM
 from shared.eventlog.streams import (
     MESSAGE,
+    Chunk,
     Producer,
     StreamConfig,
     StreamInfo,
@@ -33,10 +35,22 @@ from shared.eventlog.streams import (
 )
 from shared.models import TERMINAL, TERMINAL_EVENTS
 
-router = APIRouter(tags=["durable streams"], include_in_schema=False)
-
 DEFAULT_TYPE = "application/octet-stream"
 _CACHE_CHUNK = "private, max-age=60, stale-while-revalidate=300"
+
+
+class Answer(Response):
+    """A Starlette response whose headers are built straight as bytes: the security and
+    CORS headers of every answer are encoded once for the process."""
+
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status_code = status
+        self.body = body
+        self.background = None
+        self.raw_headers = raw_headers
+
+
+_SECURITY_RAW = [(k.lower().encode(), v.encode()) for k, v in protocol.SECURITY_HEADERS.items()]
 
 
 def answer(
@@ -45,12 +59,14 @@ def answer(
     body: bytes = b"",
     content_type: str | None = None,
 ) -> Response:
-    out = dict(protocol.SECURITY_HEADERS)
-    if headers:
-        out.update(headers)
     if content_type is not None:
-        out["Content-Type"] = content_type
-    return Response(body, status_code=status, headers=out)
+        headers = {**(headers or {}), "Content-Type": content_type}
+    raw = _SECURITY_RAW.copy()
+    if headers:
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    if status >= 200 and status not in (204, 304):
+        raw.append((b"content-length", str(len(body)).encode()))
+    return Answer(status, raw, body)
 
 
 def refuse(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -80,21 +96,52 @@ def _info_headers(info: StreamInfo) -> dict[str, str]:
 
 
 # Sources ------------------------------------------------------------------------------
-def _stream_source(state: State, owner: str, path: str, info: StreamInfo) -> Source:
+def _view(found: tuple[StreamInfo, Chunk] | None, after: int) -> View | None:
+    """A `StreamStore.page` answer as a page after `after` (None: no such stream)."""
+    if found is None or found[0].gone:
+        return None
+    now, chunk = found
+    if not chunk.count:
+        return View([], min(after, now.tail), now.tail, now.closed)
+    # One element: the messages joined as a body joins them (`protocol.body_of`).
+    return View([chunk.body], chunk.last, now.tail, now.closed)
+
+
+async def _page(state: ApiState, owner: str, path: str, after: int) -> View | None:
+    found = await state.runtime.streams.page(
+        owner, path, after, reads.CHUNK_MESSAGES, reads.CHUNK_BYTES
+    )
+    return _view(found, after)
+
+
+def _stream_source(state: ApiState, owner: str, path: str, info: StreamInfo) -> Source:
     streams = state.runtime.streams
 
     async def page(after: int) -> View | None:
-        found = await streams.read(owner, path, after, reads.CHUNK_MESSAGES)
-        if found is None or found[0].gone:
-            return None
-        now, entries = found
-        messages = [(e.id, e.json) for e in entries if e.type == MESSAGE]
-        return reads.cut(messages, min(after, now.tail), now.tail, now.closed)
+        return await _page(state, owner, path, after)
 
     return Source(info.config.content_type, streams.log_key(owner, path), info.tail, page)
 
 
-async def _log_source(state: State, owner: str, kind: str, ident: str) -> Source | None:
+def _first_read(request: Request) -> int | None:
+    """Where a catch-up or long-poll GET starts (-1: at the tail, ``now``; None: SSE or
+    malformed, the read proper says why): the metadata and the first page then come in
+    one call."""
+    params = request.query_params
+    live = params.get("live")
+    values = params.getlist("offset")
+    if live not in (None, "long-poll") or len(values) > 1 or (live and not values):
+        return None
+    raw = values[0] if values else "-1"
+    if raw == "now":
+        return -1
+    try:
+        return protocol.parse_offset(raw)
+    except ProtocolError:
+        return None
+
+
+async def _log_source(state: ApiState, owner: str, kind: str, ident: str) -> Source | None:
     """A run's or a session's log as a read-only JSON stream (404 for another owner's)."""
     runtime = state.runtime
     keys = runtime.log.keys
@@ -117,7 +164,9 @@ async def _log_source(state: State, owner: str, kind: str, ident: str) -> Source
                 return None
             # Read after the record: a terminal status means the log holds the terminal event.
             closed = record.status in TERMINAL
-        got = await state.hub.read(key, after, reads.CHUNK_MESSAGES)
+        # Not the hub's shared read: live readers share this page under their own rule
+        # (api.ds.reads.page), which a read joined underneath could break.
+        got = await runtime.log.read(key, after, reads.CHUNK_MESSAGES)
         if got.first_id and after < got.first_id - 1:
             raise ProtocolError(410, f"offset {after} is older than the log's retention")
         # The terminal event may land between the two reads: then it closes the stream
@@ -132,7 +181,14 @@ async def _log_source(state: State, owner: str, kind: str, ident: str) -> Source
 
 
 # Reads --------------------------------------------------------------------------------
-async def _read(request: Request, state: State, source: Source, ttl: dict[str, str]) -> Response:
+async def _read(
+    request: Request,
+    state: ApiState,
+    source: Source,
+    ttl: dict[str, str],
+    first: tuple[int, View | None] | None = None,
+) -> Response:
+    """A GET of `source`; `first` is its page after an offset, already read."""
     raw = _query_offset(request)
     live = request.query_params.get("live")
     if live not in (None, "long-poll", "sse"):
@@ -150,10 +206,13 @@ async def _read(request: Request, state: State, source: Source, ttl: dict[str, s
             headers["Stream-SSE-Data-Encoding"] = "base64"
         events = reads.sse(state.hub, source, after, client_cursor, settings.ds_sse_max_s)
         return StreamingResponse(events, headers=headers)
+    prefetched = first[1] if first is not None and first[0] == after else None
     if live == "long-poll":
-        view = await reads.long_poll(state.hub, source, after, settings.ds_long_poll_s)
+        view = await reads.long_poll(state.hub, source, after, settings.ds_long_poll_s, prefetched)
+    elif first is not None and first[0] == after:
+        view = prefetched
     else:
-        view = await source.page(after)
+        view, _ = await reads.page(state.hub, source, after)
     if view is None:
         return refuse(404, "no such stream")
     headers = {NEXT_OFFSET: protocol.offset(view.last), **ttl}
@@ -181,7 +240,7 @@ async def _read(request: Request, state: State, source: Source, ttl: dict[str, s
 
 # Read-only runrelay logs ----------------------------------------------------------------
 async def _runrelay_log(
-    request: Request, state: State, owner: str, kind: str, ident: str
+    request: Request, state: ApiState, owner: str, kind: str, ident: str
 ) -> Response:
     if request.method not in ("GET", "HEAD"):
         return refuse(405, "runrelay logs are written by workers", {"Allow": "GET, HEAD"})
@@ -198,28 +257,6 @@ async def _runrelay_log(
         return await _read(request, state, source, {})
     except ProtocolError as exc:
         return refuse(exc.status, str(exc))
-
-
-_ALL = ["GET", "HEAD", "PUT", "POST", "DELETE"]
-
-
-@router.api_route("/ds/runs/{run_id}", methods=_ALL)
-async def run_stream(request: Request, run_id: str, state: State, owner: Owner) -> Response:
-    """A run's events as a JSON Durable Stream, closed after its terminal event."""
-    return await _runrelay_log(request, state, owner, "runs", run_id)
-
-
-@router.api_route("/ds/sessions/{session_id}", methods=_ALL)
-async def session_stream(request: Request, session_id: str, state: State, owner: Owner) -> Response:
-    """A session's events (all its runs) as a JSON Durable Stream."""
-    return await _runrelay_log(request, state, owner, "sessions", session_id)
-
-
-# Owned streams --------------------------------------------------------------------------
-@router.options("/ds/{path:path}")
-async def preflight(path: str) -> Response:
-    """CORS preflight: no credentials needed to ask what a browser may send."""
-    return answer(204, protocol.PREFLIGHT_HEADERS)
 
 
 def _expiry(request: Request) -> tuple[int | None, str | None, int | None]:
@@ -241,7 +278,7 @@ def _messages(content_type: str, body: bytes, *, allow_empty: bool) -> list[byte
 
 
 async def _inherited(
-    state: State, owner: str, source: str, upto: int, sub: int, json_mode: bool
+    state: ApiState, owner: str, source: str, upto: int, sub: int, json_mode: bool
 ) -> list[bytes]:
     """The source's messages up to offset `upto`, then `sub` more bytes (or JSON messages)."""
     streams = state.runtime.streams
@@ -265,7 +302,7 @@ async def _inherited(
     return messages
 
 
-async def _create(request: Request, state: State, owner: str, path: str) -> Response:
+async def _create(request: Request, state: ApiState, owner: str, path: str) -> Response:
     streams = state.runtime.streams
     ttl, exp_raw, exp_ms = _expiry(request)
     closed = request.headers.get("stream-closed", "").lower() == "true"
@@ -338,7 +375,7 @@ def _producer(request: Request) -> Producer | None:
     )
 
 
-async def _append(request: Request, state: State, owner: str, path: str) -> Response:
+async def _append(request: Request, state: ApiState, owner: str, path: str) -> Response:
     close = request.headers.get("stream-closed", "").lower() == "true"
     producer = _producer(request)
     body = await request.body()
@@ -399,9 +436,32 @@ def _ttl_headers(info: StreamInfo) -> dict[str, str]:
     return headers
 
 
-@router.api_route("/ds/{path:path}", methods=_ALL)
-async def stream(request: Request, path: str, state: State, owner: Owner) -> Response:
-    """Any path below /ds/ is one of the caller's Durable Streams."""
+_ALL = frozenset(["GET", "HEAD", "PUT", "POST", "DELETE"])
+_ALLOW = "GET, HEAD, PUT, POST, DELETE, OPTIONS"
+_LOG_PATH = re.compile(r"(runs|sessions)/([^/]+)")
+
+
+async def handle(request: Request, state: ApiState) -> Response:
+    """One request below ``/ds/`` (`api.ds.front` sends them here).
+
+    Raises `Unauthorized` (401, rendered like any other route's) before anything is read.
+    """
+    method = request.method
+    path = request.scope["path"][4:]
+    if method == "OPTIONS":
+        # CORS preflight: no credentials needed to ask what a browser may send.
+        return answer(204, protocol.PREFLIGHT_HEADERS)
+    if method not in _ALL:
+        return refuse(405, f"{method[:16]} is not a Durable Streams method", {"Allow": _ALLOW})
+    owner = state.auth.owner_of(request)
+    log = _LOG_PATH.fullmatch(path)
+    if log is not None:
+        return await _runrelay_log(request, state, owner, log[1], log[2])
+    return await _stream(request, state, owner, path)
+
+
+async def _stream(request: Request, state: ApiState, owner: str, path: str) -> Response:
+    """Any other path below /ds/ is one of the caller's Durable Streams."""
     streams = state.runtime.streams
     try:
         path = _stream_path(path)
@@ -414,7 +474,19 @@ async def stream(request: Request, path: str, state: State, owner: Owner) -> Res
             status = await streams.delete(owner, path)
             codes = {"deleted": 204, "soft": 204, "not_found": 404, "gone": 410}
             return answer(codes[status]) if codes[status] == 204 else refuse(codes[status], status)
-        info = await streams.info(owner, path)
+        start = _first_read(request) if method == "GET" else None
+        first: tuple[int, View | None] | None = None
+        if start is None:
+            info = await streams.info(owner, path)
+        elif start < 0:  # now: the tail is where it starts, and there is nothing after it
+            now = await streams.read(owner, path, 0, 0)
+            info = now[0] if now is not None else None
+            if info is not None and not info.gone:
+                first = (info.tail, View([], info.tail, info.tail, info.closed))
+        else:
+            found = await streams.page(owner, path, start, reads.CHUNK_MESSAGES, reads.CHUNK_BYTES)
+            info = found[0] if found is not None else None
+            first = (start, _view(found, start))
         if info is None:
             return refuse(404, "no such stream")
         if info.gone:
@@ -423,6 +495,6 @@ async def stream(request: Request, path: str, state: State, owner: Owner) -> Res
             headers = {**_info_headers(info), **_ttl_headers(info), "Cache-Control": "no-store"}
             return answer(200, headers)
         source = _stream_source(state, owner, path, info)
-        return await _read(request, state, source, {})
+        return await _read(request, state, source, {}, first)
     except ProtocolError as exc:
         return refuse(exc.status, str(exc))

@@ -15,10 +15,12 @@ from shared.eventlog.streams import (
     CLOSE,
     MESSAGE,
     AppendOutcome,
+    Chunk,
     Producer,
     StreamConfig,
     StreamInfo,
     media_type,
+    separator,
 )
 from shared.models import StoredEvent
 
@@ -170,6 +172,25 @@ class MemoryStreamStore:
             # Ids are dense from 1 (nothing is trimmed), so the entry after `after` is at `after`.
             events = log.events[after : after + limit]
         return stream.info(), events
+
+    async def page(
+        self, owner: str, path: str, after: int, limit: int, max_bytes: int
+    ) -> tuple[StreamInfo, Chunk] | None:
+        found = await self.read(owner, path, after, limit)
+        if found is None:
+            return None
+        info, events = found
+        parts: list[bytes] = []
+        size = last = 0
+        for event in events:
+            if event.type != MESSAGE:
+                continue
+            if parts and size + len(event.json) > max_bytes:
+                break
+            parts.append(event.json)
+            size += len(event.json)
+            last = event.id
+        return info, Chunk(separator(info.config.content_type).join(parts), len(parts), last)
 
     async def retain(self, owner: str, path: str) -> str:
         stream = self._get(owner, path)

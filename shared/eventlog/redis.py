@@ -14,11 +14,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from shared.errors import AppendRefused, BackendUnavailable, Conflict, NotFound, RunRelayError
 from shared.eventlog import scripts
@@ -436,6 +437,114 @@ class RedisConnection:
         await self.redis.aclose()
         if self.blocking is not None:
             await self.blocking.aclose()
+
+
+# A script, its keys, its args, and where its reply goes.
+_Call = tuple[Any, list[str], list[Any], "asyncio.Future[Any]"]
+
+
+class Coalescer:
+    """Script calls made while a batch is in flight go out together as the next batch: one
+    pipeline, one round trip, in arrival order, each caller with its own reply or error.
+
+    One batch in flight at a time, so calls reach Redis in the order they were made
+    (two appends to one stream are never reordered between connections), and under load
+    the batch grows instead of the queue for the pool's connections. Each call stays its
+    own atomic script. On a cluster, calls go out one by one (`RedisConnection.call`),
+    one at a time per slot (so per stream), in arrival order.
+    """
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self._conn = conn
+        self._queue: list[_Call] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._slots: dict[int, tuple[asyncio.Lock, list[int]]] = {}
+
+    async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if self._conn.cluster:
+            return await self._in_slot_order(script, keys, args)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((script, keys, args, done))
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain())
+        return await done
+
+    async def _in_slot_order(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        # One call per slot at a time, in arrival order (asyncio.Lock is first come,
+        # first served): a stream's appends are not reordered between connections.
+        slot = self._conn.slot_of(keys[0])
+        entry = self._slots.get(slot)
+        if entry is None:
+            entry = self._slots[slot] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                return await self._conn.call(script(keys=keys, args=args))
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._slots[slot]
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._send(batch)
+        finally:
+            self._drainer = None
+            for *_, done in self._queue:  # only if cancelled (the loop is closing)
+                if not done.done():
+                    done.set_exception(BackendUnavailable("Redis: the API is shutting down"))
+            self._queue = []
+
+    async def _send(self, batch: list[_Call]) -> None:
+        # The batch is packed by hiredis in one go and its replies read off one pooled
+        # connection: redis-py's pipeline would encode every argument in Python.
+        packed = b"".join(
+            hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+            for script, keys, args, _ in batch
+        )
+        replies: list[Any] = []
+        pool = self._conn.redis.connection_pool
+        try:
+            connection = await pool.get_connection()
+            try:
+                await connection.send_packed_command(packed, check_health=False)
+                for _ in batch:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:  # this call's error; the next reply follows
+                        replies.append(exc)
+            except BaseException:
+                # Replies may be left unread: this connection must not serve anyone else.
+                await connection.disconnect()
+                raise
+            finally:
+                await pool.release(connection)
+        except BACKEND_ERRORS as exc:
+            replies += [exc] * (len(batch) - len(replies))
+        except BaseException:
+            error = BackendUnavailable("Redis: the call was cancelled")
+            for *_, done in batch:
+                if not done.done():
+                    done.set_exception(error)
+            raise
+        for (script, keys, args, done), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                # Not run (a restart, SCRIPT FLUSH): this call loads it and runs once more.
+                try:
+                    reply = await self._conn.call(script(keys=keys, args=args))
+                except BackendUnavailable as exc:
+                    reply = exc
+            if done.done():  # the caller went away; the call ran all the same
+                continue
+            if isinstance(reply, BackendUnavailable):
+                done.set_exception(reply)
+            elif isinstance(reply, Exception):
+                done.set_exception(self._conn.unavailable(reply))
+            else:
+                done.set_result(reply)
 
 
 class RedisEventLog:

@@ -87,6 +87,20 @@ class AppendOutcome:
     seq: int = 0
 
 
+def separator(content_type: str) -> bytes:
+    """What a page joins messages with: a comma in JSON mode (the body adds the brackets)."""
+    return b"," if media_type(content_type) == "application/json" else b""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Messages after an offset, joined for one response (`StreamStore.page`)."""
+
+    body: bytes  # the messages, joined by `separator`
+    count: int
+    last: int  # sequence number of the last message in `body` (0 when count is 0)
+
+
 class StreamStore(Protocol):
     """Durable Streams: create, append (with idempotent producers), read, delete, fork refs."""
 
@@ -119,6 +133,13 @@ class StreamStore(Protocol):
         self, owner: str, path: str, after: int, limit: int, *, touch: bool = True
     ) -> tuple[StreamInfo, list[StoredEvent]] | None:
         """Up to `limit` log entries after `after` (messages and the close marker)."""
+
+    async def page(
+        self, owner: str, path: str, after: int, limit: int, max_bytes: int
+    ) -> tuple[StreamInfo, Chunk] | None:
+        """Up to `limit` messages after `after`, no more than fit in `max_bytes` (but at
+        least one), joined by `separator(content type)`: a response's body without an
+        object per message. Extends a sliding TTL like `read`."""
 
     async def retain(self, owner: str, path: str) -> str:
         """A fork now references this stream: ``ok``, ``not_found`` or ``gone``."""

@@ -78,3 +78,41 @@ async def test_delete_with_forks_is_soft_until_the_last_fork_goes(stores: Stores
     assert (await s.create(P, "src", TEXT, [], False))[0] == "gone"
     assert await s.delete(P, "fork") == "deleted"
     assert await s.info(P, "src") is None
+
+
+async def test_concurrent_appends_keep_their_order_and_own_answers(stores: Stores) -> None:
+    """What a pipelining producer sends at once (seq 0..n) is stored in that order, and
+    each append gets its own answer even when they share a round trip."""
+    s = stores.streams
+    await s.create(P, "burst", TEXT, [], False)
+    await s.create(P, "other", TEXT, [], False)
+    sends = [
+        s.append(P, "burst", "text/plain", [str(i).encode()], producer=Producer("w", 0, i))
+        for i in range(40)
+    ]
+    sends.insert(20, s.append(P, "other", "application/json", [b"1"]))  # refused: its own
+    sends.append(s.append(P, "burst", "text/plain", [b"again"], producer=Producer("w", 0, 3)))
+    done = await asyncio.gather(*sends)
+    assert [d.status for d in done[:20] + done[21:41]] == ["ok"] * 40
+    assert [d.tail for d in done[:20] + done[21:41]] == list(range(1, 41))
+    assert done[20].status == "type_mismatch"
+    assert (done[41].status, done[41].seq) == ("duplicate", 39)
+    assert await messages(stores, "burst") == [str(i).encode() for i in range(40)]
+
+
+async def test_a_page_joins_what_fits_like_a_response_body(stores: Stores) -> None:
+    s = stores.streams
+    await s.create(P, "b", TEXT, [b"aa", b"bbb", b"c"], False)
+    await s.create(P, "j", StreamConfig("application/json"), [b"1", b'{"x":2}'], True)
+    found = await s.page(P, "b", 0, 10, 5)
+    assert found is not None
+    info, chunk = found
+    assert (info.tail, chunk.body, chunk.count, chunk.last) == (3, b"aabbb", 2, 2)
+    found = await s.page(P, "b", 1, 10, 1)  # one message even when it alone is too big
+    assert found is not None and (found[1].body, found[1].last) == (b"bbb", 2)
+    found = await s.page(P, "b", 3, 10, 5)
+    assert found is not None and (found[1].body, found[1].count) == (b"", 0)
+    found = await s.page(P, "j", 0, 10, 1 << 20)  # JSON: commas; the close marker is no message
+    assert found is not None and found[0].closed
+    assert (found[1].body, found[1].count, found[1].last) == (b'1,{"x":2}', 2, 2)
+    assert await s.page(P, "missing", 0, 10, 5) is None
