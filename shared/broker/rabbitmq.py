@@ -402,8 +402,14 @@ class RabbitBroker:
         if target is None or not self._connected():
             raise PublishFailed(f"cannot publish to {where}: not connected to {self._where}")
         message = outgoing_message(body, headers, expiration_s)
+        publisher = self._publisher
         try:
             async with asyncio.timeout(self._publish_timeout_s):
+                if publisher is not None:
+                    # Just after a reconnect the connection is back before this channel
+                    # is: wait for it (within the same bound) rather than fail the publish
+                    # and leave the run to the reaper.
+                    await publisher.ready()
                 await target.publish(message, routing_key, mandatory=True)
         except TimeoutError as exc:
             raise PublishFailed(
