@@ -13,7 +13,6 @@ import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -27,7 +26,7 @@ from tests.faults.rawsse import read_stream
 from tests.operations.conftest import MakeSystem
 from tests.support.procs import Processes
 from tests.support.proxy import FaultProxy
-from tests.support.shipped import spawn_role, via
+from tests.support.shipped import redis_port, spawn_role, via
 from tests.support.wait import wait_for
 from tests.workers.support import started, types, wait_status
 
@@ -37,11 +36,6 @@ OUTAGE_S = 8.0
 STORY = {"prompt": "a lighthouse keeper", "paragraphs": 3, "delay_ms": 40}
 # What a transport error looks like when it leaks into a run's result or a response.
 TRANSPORT_TEXT = re.compile(r"TCPTransport|Connection reset|Error while reading|closed=True")
-
-
-def redis_port(settings: Settings) -> int:
-    assert settings.redis_url is not None
-    return urlsplit(settings.redis_url).port or 6379
 
 
 async def test_a_reset_of_the_workers_redis_connections_retries_every_run_and_fails_none(

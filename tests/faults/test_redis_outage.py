@@ -15,7 +15,6 @@ import asyncio
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -30,7 +29,7 @@ from tests.support.ports import free_port
 from tests.support.procs import Processes
 from tests.support.proxy import FaultProxy
 from tests.support.redis_node import ThrowawayRedis
-from tests.support.shipped import spawn_role, via
+from tests.support.shipped import redis_port, spawn_role, via
 from tests.support.wait import wait_for
 from tests.workers.support import started, submit
 
@@ -172,8 +171,7 @@ async def test_a_redis_stall_shorter_than_the_lease_does_not_fail_the_run(
     answers again — the attempt is abandoned and the reaper retries it."""
     settings = make_settings(lease_s=3.0)
     assert settings.redis_url is not None
-    redis_port = urlsplit(settings.redis_url).port or 6379
-    async with started(settings) as runtime, FaultProxy(redis_port) as proxy:
+    async with started(settings) as runtime, FaultProxy(redis_port(settings)) as proxy:
         worker = await spawn_role(
             processes,
             "worker",

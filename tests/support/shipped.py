@@ -33,6 +33,12 @@ def via(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def redis_port(settings: Settings) -> int:
+    """The port of the Redis `settings` name (where a proxy in front of it forwards)."""
+    assert settings.redis_url is not None
+    return urlsplit(settings.redis_url).port or 6379
+
+
 def role_env(settings: Settings, **extra: str) -> dict[str, str | None]:
     """The environment of a runrelay process on the backends and prefix of `settings`."""
     env: dict[str, str | None] = {
