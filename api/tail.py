@@ -22,18 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import operator
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
 from api import latency, metrics, sse
 from shared.errors import BackendUnavailable
 from shared.eventlog.base import EventLog
+from shared.flights import Flights
 from shared.models import PAGE_SIZE, TERMINAL_EVENTS, Page, StoredEvent
 
 log = logging.getLogger(__name__)
+
+# A replay page read for one stream is handed to streams asking the same for this long
+# after, within this many bytes: a reconnect storm spreads its clients over a second or so.
+REPLAY_REUSE_S = 1.0
+REPLAY_REUSE_BYTES = 16 << 20
 
 # redis-py's blocking reads must stay well inside any socket timeout, and a short block
 # bounds how stale a missed wake-up can make a newly followed log.
@@ -69,6 +77,25 @@ class Batch(NamedTuple):
         terminal_at = next((i for i, f in enumerate(frames) if f.event.type in TERMINAL_EVENTS), -1)
         data = b"".join([f.data for f in frames])
         return cls(frames, data, first, last, last - first == len(frames) - 1, terminal_at)
+
+
+class Replay:
+    """A page of the log read once for every stream replaying it, its native frames joined
+    once: 1,000 clients resuming a run from one cursor cost one read and one encoding.
+
+    ``data[:ends[i]]`` is the native bytes of events ``0..i``.
+    """
+
+    __slots__ = ("data", "ends", "page", "terminal_at")
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        frames = [sse.frame(e.id, e.type, e.json) for e in page.events]
+        self.data = b"".join(frames)
+        self.ends = list(itertools.accumulate(map(len, frames)))
+        self.terminal_at = next(
+            (i for i, e in enumerate(page.events) if e.type in TERMINAL_EVENTS), -1
+        )
 
 
 class Subscription:
@@ -182,7 +209,12 @@ class TailHub:
         self._wake_key = log.keys.wakeup(uuid.uuid4().hex)
         self._wake_cursor = 0
         self._follows: dict[str, _Follow] = {}
-        self._reads: dict[tuple[str, int, int], asyncio.Future[Page]] = {}
+        self._reads: Flights[tuple[str, int, int], Page] = Flights()
+        self._replays: Flights[tuple[str, int, int], Replay] = Flights()
+        # Finished replay pages, oldest first: ask -> (reusable until, the page).
+        self._recent: OrderedDict[tuple[str, int, int], tuple[float, Replay]] = OrderedDict()
+        self._recent_bytes = 0
+        self._expiry: asyncio.TimerHandle | None = None
         self._work = asyncio.Event()
         self._in_wait = False
         self._woken = False  # a wake was sent for the read now running
@@ -213,6 +245,9 @@ class TailHub:
 
     async def close(self) -> None:
         self.drain()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._recent.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -256,19 +291,54 @@ class TailHub:
         run resuming from about the same place). Only reads in flight are shared, so
         a page is never older than one a stream would have read itself.
         """
-        ask = (key, after, limit)
-        pending = self._reads.get(ask)
-        if pending is None:
-            pending = asyncio.ensure_future(self._log.read(key, after, limit))
-            self._reads[ask] = pending
-            pending.add_done_callback(lambda done: self._read_done(ask, done))
-        # Shielded: one stream going away must not cancel the read the others wait for.
-        return await asyncio.shield(pending)
+        # Shielded (Flights): one stream going away does not cancel the others' read.
+        return await self._reads.run((key, after, limit), lambda: self._log.read(key, after, limit))
 
-    def _read_done(self, ask: tuple[str, int, int], done: asyncio.Future[Page]) -> None:
-        self._reads.pop(ask, None)
-        if not done.cancelled():
-            done.exception()  # retrieved: every waiter may have gone
+    async def replay(self, key: str, after: int, limit: int, *, reuse: bool = True) -> Replay:
+        """A stream's replay page: shared with every stream asking the same within
+        ``REPLAY_REUSE_S`` of its read, and encoded once.
+
+        Unlike `read`, the page may be up to that old. That is safe for a stream
+        catching up, never for one filling a hole (which must see what the hub saw): a
+        page that ended early only makes the stream follow sooner, and the hub then
+        reads from the stream's cursor (its rules fill any hole from the log). `reuse`
+        False reads afresh for this caller alone (and keeps that page for the next).
+        """
+        ask = (key, after, limit)
+        if not reuse:  # fresh: read for this caller alone
+            return await self._read_replay(ask)
+        recent = self._recent.get(ask)
+        if recent is not None and recent[0] > asyncio.get_running_loop().time():
+            return recent[1]
+        return await self._replays.run(ask, lambda: self._read_replay(ask))
+
+    async def _read_replay(self, ask: tuple[str, int, int]) -> Replay:
+        replay = Replay(await self._log.read(*ask))
+        recent = self._recent
+        old = recent.pop(ask, None)
+        if old is not None:
+            self._recent_bytes -= len(old[1].data)
+        until = asyncio.get_running_loop().time() + REPLAY_REUSE_S
+        recent[ask] = (until, replay)
+        self._recent_bytes += len(replay.data)
+        self._expire()
+        return replay
+
+    def _expire(self) -> None:
+        """Forget replay pages past their reuse or beyond the byte bound, oldest first; a
+        timer does it when the first left is due, so an idle process holds none."""
+        loop = asyncio.get_running_loop()
+        recent, now = self._recent, loop.time()
+        while recent and (
+            self._recent_bytes > REPLAY_REUSE_BYTES or next(iter(recent.values()))[0] <= now
+        ):
+            _, (_, gone) = recent.popitem(last=False)
+            self._recent_bytes -= len(gone.data)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if recent:
+            self._expiry = loop.call_at(next(iter(recent.values()))[0], self._expire)
 
     def unsubscribe(self, sub: Subscription) -> None:
         follow = self._follows.get(sub.key)

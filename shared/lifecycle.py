@@ -26,6 +26,7 @@ import orjson
 
 from shared.errors import AppendRefused, BadRequest, Conflict, NotFound, TooManyRuns
 from shared.eventlog.base import Stores, Transition, encode_body, record_from
+from shared.flights import Flights
 from shared.models import RunRecord, RunStatus, utcnow, valid_id
 
 _ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING})
@@ -53,6 +54,7 @@ class Runs:
         self.scheduler = stores.scheduler
         self._publish_grace_s = publish_grace_s
         self._max_active = max_active_per_owner
+        self._reads: Flights[str, RunRecord | None] = Flights()
 
     # Creating and reading ----------------------------------------------------------
     async def create(
@@ -155,6 +157,22 @@ class Runs:
         """The run, or `NotFound` when it is unknown or (given `owner`) not theirs."""
         record = await self.store.get_run(run_id) if valid_id(run_id) else None
         if record is None or (owner is not None and record.owner != owner):
+            raise NotFound(f"run {run_id} not found")
+        return record
+
+    async def get_at(self, run_id: str, owner: str, cursor: int) -> RunRecord:
+        """`get` for a stream opening at `cursor`: concurrent opens of one run share one
+        read (a reconnect storm: every client of a run at once).
+
+        A shared read may have been made before this client's newest event was stored,
+        so a record that is behind `cursor` is read again, for this caller alone.
+        """
+        if not valid_id(run_id):
+            raise NotFound(f"run {run_id} not found")
+        record = await self._reads.run(run_id, lambda: self.store.get_run(run_id))
+        if record is not None and record.owner == owner and record.last_event_id < cursor:
+            record = await self.store.get_run(run_id)
+        if record is None or record.owner != owner:
             raise NotFound(f"run {run_id} not found")
         return record
 

@@ -17,7 +17,7 @@ from api.responses import JSONResponse
 from api.streams import EventStreamResponse, event_stream
 from api.submit import submit_run
 from shared import tracing
-from shared.errors import Conflict
+from shared.errors import BadCursor, Conflict
 from shared.models import PublicRun, RunRecord, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -190,8 +190,12 @@ async def run_events(
 
 async def run_event_stream(state: ApiState, owner: str, request: Request, run_id: str) -> Response:
     """``GET /v1/runs/{run_id}/events`` as SSE (also served by `api.lean`, before FastAPI)."""
-    run = await state.runtime.runs.get(run_id, owner)
-    cursor = requested_cursor(request)
+    try:
+        cursor = requested_cursor(request)
+    except BadCursor:
+        await state.runtime.runs.get(run_id, owner)  # another owner's run: 404 comes first
+        raise
+    run = await state.runtime.runs.get_at(run_id, owner, cursor)
     check_cursor(cursor, run.last_event_id)
     if run.terminal and cursor == run.last_event_id:
         return Response(status_code=204)  # an EventSource stops reconnecting on 204

@@ -30,7 +30,7 @@ from api import metrics, sse
 from api.streams import direct_write
 from api.streams.format import StreamFormat
 from api.streams.heartbeat import heartbeats
-from api.tail import Batch, Frame, Subscription, TailHub
+from api.tail import Batch, Frame, Replay, Subscription, TailHub
 from shared.errors import BackendUnavailable
 from shared.models import PAGE_SIZE, TERMINAL_EVENTS, Gap
 from shared.settings import Settings
@@ -178,6 +178,8 @@ class StreamState:
 
     async def read_into(self, parts: list[bytes], upto: int | None = None) -> bool:
         """Append one page of frames after the cursor (up to `upto`); True once caught up."""
+        if upto is None and self.fmt.native:
+            return await self.replay_into(parts)
         limit = PAGE_SIZE if upto is None else min(PAGE_SIZE, upto - self.cursor)
         if limit <= 0:
             return True
@@ -202,6 +204,35 @@ class StreamState:
         caught_up = upto is not None and self.cursor >= upto
         # At the log's last id the page was the rest: no second read just to see it empty.
         return caught_up or self.done or len(page.events) < limit or self.cursor >= page.last_id
+
+    async def replay_into(self, parts: list[bytes]) -> bool:
+        """`read_into` for the native format catching up: the hub's shared replay page, its
+        bytes as they are (up to the terminal event)."""
+        caught_up = self.take(await self.hub.replay(self.key, self.cursor, PAGE_SIZE), parts)
+        if caught_up and not self.done and not self.hub.reads_from(self.key, self.cursor):
+            # The hub has handed out events past this page (a shared page can be up to
+            # REPLAY_REUSE_S old): read them now, not when the next event shows the hole.
+            fresh = await self.hub.replay(self.key, self.cursor, PAGE_SIZE, reuse=False)
+            caught_up = self.take(fresh, parts)
+        return caught_up
+
+    def take(self, replay: Replay, parts: list[bytes]) -> bool:
+        """Append a replay page's bytes after the cursor; True once caught up."""
+        page = replay.page
+        gap = page.gap(self.cursor)
+        if gap is not None:
+            self.report_gap(parts, gap)
+        events = page.events
+        if events:
+            last = len(events) - 1
+            if self.until_terminal and replay.terminal_at >= 0:
+                last = replay.terminal_at
+                self.done = True
+            data = replay.data
+            parts.append(data if last == len(events) - 1 else data[: replay.ends[last]])
+            self.cursor = events[last].id
+            metrics.EVENTS_SENT.inc(last + 1)
+        return self.done or len(events) < PAGE_SIZE or self.cursor >= page.last_id
 
     def report_gap(self, parts: list[bytes], gap: Gap) -> None:
         parts.append(self.fmt.gap(gap.first, gap.last))
