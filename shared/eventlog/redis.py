@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -330,6 +330,8 @@ class RedisConnection:
             )
         # run id -> session id never changes once written, so caching it is always safe.
         self._sessions: OrderedDict[str, str] = OrderedDict()
+        # Concurrent calls share round trips (a connect storm's reads, the streams' scripts).
+        self.batch = Coalescer(self)
 
     def node_of(self, key: str) -> str:
         """The name of the node holding `key` ("" on one node)."""
@@ -413,7 +415,11 @@ class RedisConnection:
         if session_id is not None:
             self._sessions.move_to_end(run_id)
             return session_id
-        raw = await self.call(self.redis.get(self.keys.run_index(run_id)))
+        key = self.keys.run_index(run_id)
+        if self.cluster:
+            raw = await self.call(self.redis.get(key))
+        else:
+            raw = await self.batch.command("GET", key)
         if raw is None:
             return None
         session_id = str(raw.decode())
@@ -439,19 +445,21 @@ class RedisConnection:
             await self.blocking.aclose()
 
 
-# A script, its keys, its args, and where its reply goes.
-_Call = tuple[Any, list[str], list[Any], "asyncio.Future[Any]"]
+# A packed command, how to run it again alone if Redis did not know its script (None:
+# not a script), and where its reply goes.
+_Call = tuple[bytes, Callable[[], Awaitable[Any]] | None, "asyncio.Future[Any]"]
 
 
 class Coalescer:
-    """Script calls made while a batch is in flight go out together as the next batch: one
+    """Calls made while a batch is in flight go out together as the next batch: one
     pipeline, one round trip, in arrival order, each caller with its own reply or error.
 
     One batch in flight at a time, so calls reach Redis in the order they were made
     (two appends to one stream are never reordered between connections), and under load
     the batch grows instead of the queue for the pool's connections. Each call stays its
-    own atomic script. On a cluster, calls go out one by one (`RedisConnection.call`),
-    one at a time per slot (so per stream), in arrival order.
+    own atomic command or script. Replies are Redis's own (no redis-py response
+    callbacks: a hash is a flat list). On a cluster, calls go out one by one
+    (`RedisConnection.call`), one at a time per slot (so per stream), in arrival order.
     """
 
     def __init__(self, conn: RedisConnection) -> None:
@@ -461,18 +469,29 @@ class Coalescer:
         self._slots: dict[int, tuple[asyncio.Lock, list[int]]] = {}
 
     async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a registered script (`redis.register_script`)."""
         if self._conn.cluster:
-            return await self._in_slot_order(script, keys, args)
+            return await self._in_slot_order(keys[0], lambda: script(keys=keys, args=args))
+        packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        return await self._queued(packed, lambda: script(keys=keys, args=args))
+
+    async def command(self, *args: str | bytes | int) -> Any:
+        """Run one plain command, its reply as Redis sent it (not on a cluster: there,
+        use redis-py's own call, which routes it)."""
+        assert not self._conn.cluster, "Coalescer.command: not on a cluster"
+        return await self._queued(hiredis.pack_command(args), None)  # type: ignore[arg-type]
+
+    async def _queued(self, packed: bytes, alone: Callable[[], Awaitable[Any]] | None) -> Any:
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script, keys, args, done))
+        self._queue.append((packed, alone, done))
         if self._drainer is None:
             self._drainer = asyncio.create_task(self._drain())
         return await done
 
-    async def _in_slot_order(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _in_slot_order(self, key: str, call: Callable[[], Awaitable[Any]]) -> Any:
         # One call per slot at a time, in arrival order (asyncio.Lock is first come,
         # first served): a stream's appends are not reordered between connections.
-        slot = self._conn.slot_of(keys[0])
+        slot = self._conn.slot_of(key)
         entry = self._slots.get(slot)
         if entry is None:
             entry = self._slots[slot] = (asyncio.Lock(), [0])
@@ -480,7 +499,7 @@ class Coalescer:
         users[0] += 1
         try:
             async with lock:
-                return await self._conn.call(script(keys=keys, args=args))
+                return await self._conn.call(call())
         finally:
             users[0] -= 1
             if not users[0]:
@@ -499,12 +518,9 @@ class Coalescer:
             self._queue = []
 
     async def _send(self, batch: list[_Call]) -> None:
-        # The batch is packed by hiredis in one go and its replies read off one pooled
+        # Packed by hiredis as each call arrived, the replies read off one pooled
         # connection: redis-py's pipeline would encode every argument in Python.
-        packed = b"".join(
-            hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-            for script, keys, args, _ in batch
-        )
+        packed = b"".join([call[0] for call in batch])
         replies: list[Any] = []
         pool = self._conn.redis.connection_pool
         try:
@@ -530,11 +546,11 @@ class Coalescer:
                 if not done.done():
                     done.set_exception(error)
             raise
-        for (script, keys, args, done), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError):
+        for (_, alone, done), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError) and alone is not None:
                 # Not run (a restart, SCRIPT FLUSH): this call loads it and runs once more.
                 try:
-                    reply = await self._conn.call(script(keys=keys, args=args))
+                    reply = await self._conn.call(alone())
                 except BackendUnavailable as exc:
                     reply = exc
             if done.done():  # the caller went away; the call ran all the same

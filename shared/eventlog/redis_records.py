@@ -33,7 +33,17 @@ class RedisRunStore:
         session_id = await self.conn.session_of(run_id)
         if session_id is None:
             return None
-        raw = await self._call(self._redis.hgetall(self.keys.run(session_id, run_id)))
+        key = self.keys.run(session_id, run_id)
+        if self.conn.cluster:
+            raw = await self._call(self._redis.hgetall(key))
+        else:  # with other calls waiting now, in one round trip
+            reply = await self.conn.batch.command("HGETALL", key)
+            # A map (hiredis parses it so here), or a flat list from a plain parser.
+            raw = (
+                reply
+                if isinstance(reply, dict)
+                else dict(zip(reply[::2], reply[1::2], strict=True))
+            )
         return record_from(decoded(raw)) if raw else None
 
     async def update_run(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.eventlog.redis import Coalescer, RedisConnection, _flat_events
+from shared.eventlog.redis import RedisConnection, _flat_events
 from shared.eventlog.streams import (
     AppendOutcome,
     Chunk,
@@ -249,7 +249,7 @@ class RedisStreamStore:
         self._release = redis.register_script(RELEASE)
         self._delete = redis.register_script(DELETE)
         # Appends and reads: concurrent ones share a round trip (one pipeline).
-        self._batch = Coalescer(conn)
+        self._batch = conn.batch
 
     def log_key(self, owner: str, path: str) -> str:
         return self.keys.ds_log(owner, path)
