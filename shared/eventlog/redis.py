@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -527,11 +528,14 @@ class Coalescer:
             connection = await pool.get_connection()
             try:
                 await connection.send_packed_command(packed, check_health=False)
-                for _ in batch:
-                    try:
-                        replies.append(await connection.read_response())
-                    except ResponseError as exc:  # this call's error; the next reply follows
-                        replies.append(exc)
+                # One deadline for the batch's replies, not one timer per reply (redis-py's
+                # per-read timeout was a twentieth of a Durable Streams append's CPU).
+                async with asyncio.timeout(_COMMAND_TIMEOUT_S):
+                    for _ in batch:
+                        try:
+                            replies.append(await connection.read_response(timeout=math.inf))
+                        except ResponseError as exc:  # this call's error; the next follows
+                            replies.append(exc)
             except BaseException:
                 # Replies may be left unread: this connection must not serve anyone else.
                 await connection.disconnect()
