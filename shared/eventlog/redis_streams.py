@@ -181,6 +181,8 @@ while left > 0 do
     left = left - 1
     from = '(' .. e[1]
   end
+  -- Full (messages are never empty): no entry more to read just to find the cut.
+  if size >= most then break end
   -- As many more as fit at the mean size so far, and one to find the cut.
   if size > 0 then batch = math.max(math.floor((most - size) * n / size), 0) + 1
   else batch = batch * 2 end
