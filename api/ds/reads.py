@@ -259,7 +259,7 @@ class SSE(Response):
     """A ``live=sse`` response: its start through the middleware (the access log has the
     status, CORS its headers), then `serve` writes the events to the server's `send` once
     the handler's frames are gone (api.server_assumptions.DETACH) — an idle SSE reader
-    holds this object, its subscription, a timer and `serve`'s frames."""
+    holds this object, its subscription, its place in the ticker and `serve`'s frames."""
 
     def __init__(
         self,
