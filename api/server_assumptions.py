@@ -11,10 +11,13 @@ the real server and the real app, so such an upgrade fails there first.
    and FastAPI's error handling, telemetry, body limit) sit outside it; they pass the
    scope on and await the server's `send`, so point 1 holds through them. AccessLog
    puts that `send` in the scope, and a place where a response hands over the long
-   phase of its stream, to run once the app's frames are gone.
-3. A parked stream (`api.streams.state`) waits in uvicorn's `receive()` and is woken by
-   cancelling that wait: a cancelled `receive()` loses nothing, and a later one still
-   returns ``http.disconnect`` once the client has left.
+   phase of its stream, to run once the app's frames are gone (`/ds/` has its own
+   stack, `api.ds.front`, with `AccessLog` outermost too: its SSE responses and
+   waiting long-polls detach there).
+3. A parked stream (`api.streams.state`, and an idle Durable Streams reader:
+   `api.ds.reads._park`) waits in uvicorn's `receive()` and is woken by cancelling that
+   wait: a cancelled `receive()` loses nothing, and a later one still returns
+   ``http.disconnect`` once the client has left.
 """
 
 from __future__ import annotations

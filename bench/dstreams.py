@@ -3,7 +3,8 @@
     apt-get install wrk        # the append load generator (Debian's wrk 4)
     python -m bench.dstreams [--repeat 2] [--seconds 10] [--connections 32]
                              [--readers 1000] [--sse-rates 10,100] [--sse-seconds 10]
-                             [--only runrelay,reference,two] [--write]
+                             [--only runrelay,reference,two]
+                             [--figures appends,catchup,sse,memory] [--write]
 
 Targets, one after the other (their order alternates between repeats): runrelay's API
 (`bench.servers runrelay`, one process, Redis on 127.0.0.1); `@durable-streams/server`
@@ -697,15 +698,26 @@ async def idle_memory(target: Target, readers: int) -> tuple[str, str]:
 
 
 # The run ------------------------------------------------------------------------------
+FIGURES = ("appends", "catchup", "sse", "memory")
+
+
 def measure(target: Target, args: argparse.Namespace) -> list[str]:
+    """The row of `target`: "—" for a figure not asked for (``--figures``)."""
+    wanted = args.figures
     cells = ["—", "—"]
-    if target.memory is not None:  # first, on a fresh process: no freed memory to reuse
+    # First, on a fresh process: no freed memory to reuse.
+    if target.memory is not None and "memory" in wanted:
         cells = list(asyncio.run(idle_memory(target, args.readers)))
-    one = appends(target, 1, args.connections, args.seconds)
-    many = appends(target, 100, args.connections, args.seconds)
-    read = catch_up(target)
+    one = many = read = "—"
+    if "appends" in wanted:
+        one = appends(target, 1, args.connections, args.seconds)
+        many = appends(target, 100, args.connections, args.seconds)
+    if "catchup" in wanted:
+        read = catch_up(target)
     live = [
         asyncio.run(sse_latency(target, args.readers, rate, args.sse_seconds))
+        if "sse" in wanted
+        else "—"
         for rate in args.sse_rates
     ]
     return [one, many, read, *live, *cells]
@@ -809,8 +821,19 @@ def main() -> None:
     )
     parser.add_argument("--sse-seconds", type=float, default=10)
     parser.add_argument("--only", default="runrelay,reference,two", help="targets, for a look")
+    parser.add_argument(
+        "--figures",
+        type=lambda raw: raw.split(","),
+        default=list(FIGURES),
+        help=f"figures to measure, for a look ({','.join(FIGURES)}); not with --write",
+    )
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md §9")
     args = parser.parse_args()
+    unknown = set(args.figures) - set(FIGURES)
+    if unknown:
+        parser.error(f"--figures: no figure {', '.join(sorted(unknown))}")
+    if args.write and set(args.figures) != set(FIGURES):
+        parser.error("--write needs every figure")
     pin(1)  # the client; each server pins itself (or is pinned) to CPU 0
     raise_fd_limit()
     runs = [run(number, args) for number in range(1, args.repeat + 1)]
@@ -819,6 +842,8 @@ def main() -> None:
         f"--connections {args.connections} --readers {args.readers} "
         f"--sse-rates {','.join(f'{r:g}' for r in args.sse_rates)} "
         f"--sse-seconds {args.sse_seconds:g}"
+        + (f" --only {args.only}" if args.only != "runrelay,reference,two" else "")
+        + (f" --figures {','.join(args.figures)}" if set(args.figures) != set(FIGURES) else "")
     )
     body = (
         f"`{command}` on {machine()}, a machine shared with other engineers' work (see the "

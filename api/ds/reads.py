@@ -17,13 +17,17 @@ again, fresh (the hub tells of an event only once it is stored).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
 from api.ds import protocol
+from api.server_assumptions import DETACH, RAW_SEND
+from api.streams.heartbeat import heartbeats
 from api.tail import Subscription, TailHub
 
 CHUNK_BYTES = 1 << 20
@@ -138,13 +142,75 @@ async def _subscribe(hub: TailHub, source: Source, after: int) -> tuple[Subscrip
     return sub, next(_TICKS)
 
 
+class _Parked:
+    """A reader waiting in the server's ``receive()``: `wake` (news, or its time is up)
+    resumes it by cancelling that wait, taken back with ``Task.uncancel`` as
+    ``asyncio.timeout`` does (api.server_assumptions, point 3). Its time is kept by the
+    loop's ticker (api.streams.heartbeat), not a timer of its own."""
+
+    __slots__ = ("heartbeat_s", "task", "wake_at", "woken")
+
+    def __init__(self, task: asyncio.Task[object], wake_at: float, heartbeat_s: float) -> None:
+        self.task = task
+        self.wake_at = wake_at
+        self.heartbeat_s = heartbeat_s
+        self.woken = False
+
+    def wake(self) -> None:
+        if not self.woken:
+            self.woken = True
+            self.task.cancel()
+
+
+# The ticker wakes a parked reader up to a quarter of this late (and at most 1 s).
+_TICK_S = 4.0
+
+
+async def _park(sub: Subscription, receive: Receive, within_s: float) -> bool:
+    """Wait for news of `sub`, or about `within_s` (up to 1 s more); False once the client
+    has left.
+
+    An idle reader so holds its subscription, its place in the ticker and this frame: no
+    task, future, timer or async generator of its own (``asyncio.wait_for`` made a task
+    and two futures)."""
+    if sub.batches or sub.overflowed or sub.closed:
+        return True
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    parked = _Parked(task, loop.time() + within_s, max(0.04, min(_TICK_S, within_s)))
+    sub.waker = parked.wake
+    ticker = heartbeats(loop)
+    ticker.add(parked)
+    left = False
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass  # the request's (empty) body: nothing to read
+        left = True
+    except asyncio.CancelledError:
+        # Ours (`wake`) unless someone else cancelled the task too: then theirs wins.
+        if not parked.woken or task.uncancel() > 0:
+            raise
+    finally:
+        ticker.discard(parked)
+        sub.waker = None
+    if left and parked.woken:
+        # Woken as the client left: the wake's cancellation is still on its way.
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            if task.uncancel() > 0:
+                raise
+    return not left
+
+
 async def _wait(
-    hub: TailHub, source: Source, sub: Subscription, after: int, within_s: float
-) -> tuple[Subscription, News]:
+    hub: TailHub, source: Source, sub: Subscription, after: int, within_s: float, receive: Receive
+) -> tuple[Subscription, News] | None:
     """Wait for news of the source (or `within_s`); the subscription to keep using, and
-    what the next read must include."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(sub.wait(), within_s)
+    what the next read must include. None: the client has left."""
+    if not await _park(sub, receive, within_s):
+        return None
     # The frames only say "news": the reader reads from its own offset.
     told = max((batch.last for batch in sub.take()), default=0)
     if sub.overflowed or sub.closed:
@@ -155,9 +221,15 @@ async def _wait(
 
 
 async def long_poll(
-    hub: TailHub, source: Source, after: int, timeout_s: float, first: View | None = None
+    hub: TailHub,
+    source: Source,
+    after: int,
+    timeout_s: float,
+    receive: Receive,
+    first: View | None = None,
 ) -> View | None:
-    """The first view with messages, or the end of a closed stream, or (at timeout) empty.
+    """The first view with messages, or the end of a closed stream, or (at timeout, or
+    once the client has left) empty.
 
     `first`: the page after `after`, already read (it is read again once subscribed)."""
     view = first if first is not None else (await page(hub, source, after))[0]
@@ -175,16 +247,67 @@ async def long_poll(
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return view
-            sub, news = await _wait(hub, source, sub, after, remaining)
+            waited = await _wait(hub, source, sub, after, remaining, receive)
+            if waited is None:
+                return view  # nobody to answer: the (empty) view will do
+            sub, news = waited
     finally:
         hub.unsubscribe(sub)
 
 
+class SSE(Response):
+    """A ``live=sse`` response: its start through the middleware (the access log has the
+    status, CORS its headers), then `serve` writes the events to the server's `send` once
+    the handler's frames are gone (api.server_assumptions.DETACH) — an idle SSE reader
+    holds this object, its subscription, its place in the ticker and `serve`'s frames."""
+
+    def __init__(
+        self,
+        raw_headers: list[tuple[bytes, bytes]],
+        hub: TailHub,
+        source: Source,
+        after: int,
+        client_cursor: str | None,
+        max_s: float,
+    ) -> None:
+        # Not Response.__init__: no body, no header list of its own to build.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = raw_headers
+        self._args = (hub, source, after, client_cursor, max_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": 200, "headers": list(self.raw_headers)}
+        await send(start)
+        detach = scope.get(DETACH)
+        if detach is not None:
+            detach(self)  # `serve` runs in AccessLog once the handler returns
+            return
+        await self.serve(receive, scope.get(RAW_SEND, send))
+
+    def abandon(self) -> None:
+        """The app failed after detaching: nothing was subscribed yet."""
+
+    async def serve(self, receive: Receive, send: Send) -> None:
+        try:
+            await sse(*self._args, receive, send)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client went away mid-write
+
+
 async def sse(
-    hub: TailHub, source: Source, after: int, client_cursor: str | None, max_s: float
-) -> AsyncIterator[bytes]:
-    """``data`` + ``control`` events from `after` on; ends when the stream is closed, gone,
-    or after `max_s` (the client reconnects from the last control's offset)."""
+    hub: TailHub,
+    source: Source,
+    after: int,
+    client_cursor: str | None,
+    max_s: float,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """``data`` + ``control`` events from `after` on, written to `send`; returns when the
+    stream is closed, gone, after `max_s` (the client reconnects from the last control's
+    offset) or once the client has left."""
     sub, since = await _subscribe(hub, source, after)
     news = News(since=since)
     loop = asyncio.get_running_loop()
@@ -205,8 +328,9 @@ async def sse(
                 after = view.last
             if view.messages or not announced or ended:
                 # One write for the pair: a reader never sees data without its control.
-                yield data + protocol.sse_control(
-                    after, cursor, up_to_date=view.at_end, closed=ended
+                control = protocol.sse_control(after, cursor, up_to_date=view.at_end, closed=ended)
+                await send(
+                    {"type": "http.response.body", "body": data + control, "more_body": True}
                 )
                 announced = True
             if ended:
@@ -216,6 +340,9 @@ async def sse(
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            sub, news = await _wait(hub, source, sub, after, remaining)
+            waited = await _wait(hub, source, sub, after, remaining, receive)
+            if waited is None:
+                return
+            sub, news = waited
     finally:
         hub.unsubscribe(sub)

@@ -15,16 +15,22 @@ errors included — carries the protocol's security and CORS headers.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+from typing import NamedTuple
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from api.deps import ApiState
 from api.ds import protocol, reads
 from api.ds.protocol import CLOSED, NEXT_OFFSET, UP_TO_DATE, ProtocolError
 from api.ds.reads import Source, View
+from api.responses import error_response, runrelay_error
+from api.server_assumptions import DETACH
 from api.sse import EVENT_STREAM
+from shared.errors import RunRelayError
 from shared.eventlog.streams import (
     MESSAGE,
     Chunk,
@@ -34,6 +40,8 @@ from shared.eventlog.streams import (
     media_type,
 )
 from shared.models import TERMINAL, TERMINAL_EVENTS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TYPE = "application/octet-stream"
 _CACHE_CHUNK = "private, max-age=60, stale-while-revalidate=300"
@@ -196,6 +204,27 @@ async def _log_source(state: ApiState, owner: str, kind: str, ident: str) -> Sou
 
 
 # Reads --------------------------------------------------------------------------------
+_SSE_HEADERS = {
+    **protocol.SECURITY_HEADERS,
+    "Cache-Control": "no-cache",
+    "Content-Type": EVENT_STREAM,  # exactly: no charset parameter
+}
+# The start of every SSE answer, shared by all (each start message gets a copy, since
+# middleware may add to it): no header list per idle reader.
+_SSE_RAW = [(k.lower().encode(), v.encode()) for k, v in _SSE_HEADERS.items()]
+_SSE_BASE64_RAW = [*_SSE_RAW, (b"stream-sse-data-encoding", b"base64")]
+
+
+class _Asked(NamedTuple):
+    """What the answer of a read needs of its request (a parked long-poll keeps just this)."""
+
+    raw: str | None  # the offset as given
+    live: str | None
+    cursor: str | None
+    ttl: dict[str, str]
+    if_none_match: str | None
+
+
 async def _read(
     request: Request,
     state: ApiState,
@@ -214,32 +243,35 @@ async def _read(
     after = source.tail if raw == "now" else protocol.parse_offset(raw or "-1")
     client_cursor = request.query_params.get("cursor")
     if live == "sse":
-        headers = dict(protocol.SECURITY_HEADERS)
-        headers["Cache-Control"] = "no-cache"
-        headers["Content-Type"] = EVENT_STREAM  # exactly: no charset parameter
-        if not protocol.is_text(source.content_type):
-            headers["Stream-SSE-Data-Encoding"] = "base64"
-        events = reads.sse(state.hub, source, after, client_cursor, settings.ds_sse_max_s)
-        return StreamingResponse(events, headers=headers)
+        start = _SSE_RAW if protocol.is_text(source.content_type) else _SSE_BASE64_RAW
+        return reads.SSE(start, state.hub, source, after, client_cursor, settings.ds_sse_max_s)
+    asked = _Asked(raw, live, client_cursor, ttl, request.headers.get("if-none-match"))
     prefetched = first[1] if first is not None and first[0] == after else None
+    view: View | None
     if live == "long-poll":
-        view = await reads.long_poll(state.hub, source, after, settings.ds_long_poll_s, prefetched)
+        if prefetched is None or not (prefetched.messages or prefetched.closed):
+            return _LongPoll(state, source, after, asked, prefetched)
+        view = prefetched
     elif first is not None and first[0] == after:
         view = prefetched
     else:
         view, _ = await reads.page(state.hub, source, after)
+    return _answer_view(source, after, view, asked)
+
+
+def _answer_view(source: Source, after: int, view: View | None, asked: _Asked) -> Response:
     if view is None:
         return refuse(404, "no such stream")
-    headers = {NEXT_OFFSET: protocol.offset(view.last), **ttl}
+    headers = {NEXT_OFFSET: protocol.offset(view.last), **asked.ttl}
     if view.at_end:
         headers[UP_TO_DATE] = "true"
         if view.closed:
             headers[CLOSED] = "true"
-    if live:
-        headers[protocol.CURSOR] = protocol.cursor(client_cursor)
+    if asked.live:
+        headers[protocol.CURSOR] = protocol.cursor(asked.cursor)
         if not view.messages:
             return answer(204, {**headers, "Cache-Control": "no-store"})
-    if raw == "now" and not live:
+    if asked.raw == "now" and not asked.live:
         body = protocol.body_of(source.content_type, [])
         return answer(200, {**headers, "Cache-Control": "no-store"}, body, source.content_type)
     etag = f'"{hashlib.sha256(source.hub_key.encode()).hexdigest()[:16]}:{after}:{view.last}'
@@ -247,10 +279,58 @@ async def _read(
     headers["ETag"] = etag
     # A page that ends before the tail never changes; the tail's answer soon will.
     headers["Cache-Control"] = "no-store" if view.at_end else _CACHE_CHUNK
-    if request.headers.get("if-none-match") == etag:
+    if asked.if_none_match == etag:
         return answer(304, headers)
     body = protocol.body_of(source.content_type, view.messages)
     return answer(200, headers, body, source.content_type)
+
+
+class _LongPoll(Response):
+    """A long-poll that waits: it hands itself to `AccessLog` (api.server_assumptions.DETACH)
+    and waits there once the handler's frames (and the request object) are gone, then
+    answers through the middleware's `send` it was called with (so the access log has the
+    status and CORS its headers). An idle long-poll holds this object, its subscription,
+    `reads.long_poll`'s frames and that `send`."""
+
+    def __init__(
+        self, state: ApiState, source: Source, after: int, asked: _Asked, first: View | None
+    ) -> None:
+        # Not Response.__init__: the answer is made once the wait is over.
+        self.background = None
+        self._args = (state, source, after, asked, first)
+        self._scope: Scope = {}
+        self._send: Send | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._scope, self._send = scope, send
+        detach = scope.get(DETACH)
+        if detach is not None:
+            detach(self)  # `serve` runs in AccessLog once the handler returns
+            return
+        await self.serve(receive, send)
+
+    def abandon(self) -> None:
+        """The app failed after detaching: nothing was subscribed yet."""
+        self._send = None
+
+    async def serve(self, receive: Receive, _raw_send: Send) -> None:
+        state, source, after, asked, first = self._args
+        scope, send = self._scope, self._send
+        assert send is not None
+        self._send = None
+        timeout_s = state.runtime.settings.ds_long_poll_s
+        # As `routes.handle` and `api.ds.front` answer, now that their frames are gone.
+        try:
+            view = await reads.long_poll(state.hub, source, after, timeout_s, receive, first)
+            response = _answer_view(source, after, view, asked)
+        except ProtocolError as exc:
+            response = refuse(exc.status, str(exc))
+        except RunRelayError as exc:
+            response = runrelay_error(exc, scope["method"], scope["path"])
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            response = error_response(500, "internal_error", "internal server error")
+        await response(scope, receive, send)
 
 
 # Read-only runrelay logs ----------------------------------------------------------------

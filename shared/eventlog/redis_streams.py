@@ -19,6 +19,7 @@ from shared.eventlog.streams import (
     StreamConfig,
     StreamInfo,
     media_type,
+    separator,
 )
 from shared.models import StoredEvent
 
@@ -147,34 +148,47 @@ return {cur, entries}
 )
 
 # READ's metadata, then the messages after ARGV[1] (at most ARGV[2] entries), cut at
-# ARGV[3] bytes (at least one message) and joined here (`streams.separator`: a comma
-# for JSON): one bulk reply instead of four objects per message to decode and join.
+# ARGV[3] bytes (at least one message), as a list of their bodies (joined by the caller).
+# The log is read in batches sized from the messages read so far (one entry first):
+# every entry XRANGE hands a script is copied into Lua, so reading all ARGV[2] entries
+# to keep 1 MiB of them cost 40 ms for a stream of 160 x 64 KiB (10 MiB into Lua),
+# against 2.5 ms for the 16 entries kept. Nor are they joined here: table.concat copies
+# the page once more inside Redis (twice the script's time for 64 KiB messages), where
+# the caller's join is one memcpy.
 PAGE = (
     _EXPIRE
     + """
 local meta, log, prods = KEYS[1], KEYS[2], KEYS[3]
 local cur = redis.call('HMGET', meta, 'ct', 'ttl', 'exp', 'expms', 'fork_of', 'fork_off',
-  'fork_sub', 'tail', 'closed', 'gone', 'cfg')
+  'fork_sub', 'tail', 'closed', 'gone')
 if not cur[1] then return false end
 if cur[10] ~= '1' and cur[2] ~= '' then expire({meta, log, prods}, cur[2], '') end
-local sep = ''
-if string.match(cur[11], '^[^|]*') == 'application/json' then sep = ',' end
-cur[11] = nil
-local entries = redis.call('XRANGE', log, '(0-' .. ARGV[1], '+', 'COUNT', ARGV[2])
-local parts, n, size, last, most = {}, 0, 0, 0, tonumber(ARGV[3])
-for _, e in ipairs(entries) do
-  local kv = e[2]
-  if kv[2] == 'm' then
-    local d = kv[4]
-    if n > 0 and size + #d > most then break end
-    n = n + 1
-    parts[n] = d
-    size = size + #d
-    last = tonumber(string.sub(e[1], 3))
+local parts, n, size, last = {}, 0, 0, 0
+local left, most, from, batch = tonumber(ARGV[2]), tonumber(ARGV[3]), '(0-' .. ARGV[1], 1
+while left > 0 do
+  local entries = redis.call('XRANGE', log, from, '+', 'COUNT', math.min(batch, left))
+  if #entries == 0 then break end
+  for _, e in ipairs(entries) do
+    local kv = e[2]
+    if kv[2] == 'm' then
+      local d = kv[4]
+      if n > 0 and size + #d > most then left = 0 break end
+      n = n + 1
+      parts[n] = d
+      size = size + #d
+      last = tonumber(string.sub(e[1], 3))
+    end
+    left = left - 1
+    from = '(' .. e[1]
   end
+  -- Full (messages are never empty): no entry more to read just to find the cut.
+  if size >= most then break end
+  -- As many more as fit at the mean size so far, and one to find the cut.
+  if size > 0 then batch = math.max(math.floor((most - size) * n / size), 0) + 1
+  else batch = batch * 2 end
 end
 for i = 1, #cur do if not cur[i] then cur[i] = '' end end
-return {cur, table.concat(parts, sep), n, last}
+return {cur, parts, last}
 """
 )
 
@@ -333,8 +347,10 @@ class RedisStreamStore:
         reply = await self._batch.call(self._page, self._keys(owner, path), args)
         if not reply:
             return None
-        fields, body, count, last = reply
-        return info_from([f.decode() for f in fields]), Chunk(body, int(count), int(last))
+        fields, parts, last = reply
+        info = info_from([f.decode() for f in fields])
+        body = separator(info.config.content_type).join(parts)
+        return info, Chunk(body, len(parts), int(last))
 
     async def retain(self, owner: str, path: str) -> str:
         status = await self.conn.call(self._retain(keys=self._keys(owner, path)[:1]))

@@ -116,3 +116,33 @@ async def test_a_page_joins_what_fits_like_a_response_body(stores: Stores) -> No
     assert found is not None and found[0].closed
     assert (found[1].body, found[1].count, found[1].last) == (b'1,{"x":2}', 2, 2)
     assert await s.page(P, "missing", 0, 10, 5) is None
+
+
+async def test_a_page_of_messages_of_any_sizes_is_what_fits_in_order(stores: Stores) -> None:
+    # Sizes that make a reader reading in batches (sized from the mean so far) guess
+    # wrong both ways: small then large, large then small.
+    sizes = [1, 2, 3, 500, 4, 4, 4, 4, 4, 4, 900, 1, 1, 1, 1, 1, 1, 1, 1, 1, 300, 7]
+    bodies = [bytes([65 + i]) * n for i, n in enumerate(sizes)]
+    s = stores.streams
+    await s.create(P, "sizes", TEXT, bodies, True)
+    for limit in (3, 8, 50):
+        for most in (1, 5, 10, 600, 1000, 1 << 20):
+            after = 0
+            while after < len(bodies):
+                found = await s.page(P, "sizes", after, limit, most)
+                assert found is not None
+                chunk = found[1]
+                # What fits: at least one message, then greedily in order.
+                want = [bodies[after]]
+                for body in bodies[after + 1 : after + limit]:
+                    if sum(map(len, want)) + len(body) > most:
+                        break
+                    want.append(body)
+                assert (chunk.body, chunk.count, chunk.last) == (
+                    b"".join(want),
+                    len(want),
+                    after + len(want),
+                ), (limit, most, after)
+                after = chunk.last
+            end = await s.page(P, "sizes", after, limit, most)
+            assert end is not None and (end[1].body, end[1].count) == (b"", 0)
