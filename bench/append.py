@@ -14,8 +14,8 @@ import os
 import re
 import subprocess
 import time
-import uuid
 
+from bench.keys import bench_prefix
 from bench.report import machine, table, write_section
 from shared.eventlog.redis_records import redis_stores
 from shared.lifecycle import Runs
@@ -78,7 +78,7 @@ def _redis_benchmark_xadd() -> str:
 
 
 async def main(events: int, nruns: int, producers: int, write: bool) -> list[list[str]]:
-    prefix = f"rrbench:{uuid.uuid4().hex[:8]}:"
+    prefix = bench_prefix()
     stores = redis_stores(REDIS_URL, prefix=prefix, ttl_s=60, max_events=100_000)
     log, runs = stores.log, Runs(stores)
     try:

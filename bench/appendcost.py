@@ -17,12 +17,12 @@ import asyncio
 import os
 import statistics
 import time
-import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
+from bench.keys import bench_prefix
 from bench.report import machine, table
 from shared.eventlog import scripts
 from shared.eventlog.base import encode_body
@@ -122,7 +122,7 @@ async def _cost(
 
 
 async def main(events: int, rounds: int) -> list[list[str]]:
-    prefix = f"rrbench:{uuid.uuid4().hex[:8]}:"
+    prefix = bench_prefix()
     stores = redis_stores(REDIS_URL, prefix=prefix, ttl_s=60, max_events=events * 2)
     runs = Runs(stores)
     client = aioredis.Redis.from_url(REDIS_URL)

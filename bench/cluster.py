@@ -15,10 +15,10 @@ import argparse
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Iterator
 
 from bench.append import _rate, _started
+from bench.keys import bench_prefix
 from bench.report import machine, table, write_section
 from shared.eventlog.redis_records import redis_stores
 from shared.lifecycle import Runs
@@ -41,7 +41,7 @@ async def _measure(url: str, ports: list[int], events: int, nruns: int, producer
                    min_replicas: int = 0) -> tuple[float, float]:  # fmt: skip
     stores = redis_stores(
         url,
-        prefix=f"rrbench:{uuid.uuid4().hex[:8]}:",
+        prefix=bench_prefix(),
         ttl_s=60,
         max_events=100_000,
         min_replicas=min_replicas,

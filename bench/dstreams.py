@@ -64,6 +64,7 @@ from typing import Any, cast
 
 import httptools  # comes with uvicorn[standard]
 
+from bench.keys import bench_prefix
 from bench.report import machine, table, write_section
 from bench.servers import pin, raise_fd_limit, spawn, wait_listening
 
@@ -725,7 +726,7 @@ def measure(target: Target, args: argparse.Namespace) -> list[str]:
 
 @contextlib.contextmanager
 def _runrelay(processes: int) -> Iterator[list[Target]]:
-    prefix = f"rrbench-ds-{uuid.uuid4().hex[:6]}:"
+    prefix = bench_prefix("rrbench-ds-{}:")
     try:
         with contextlib.ExitStack() as stack:
             servers = [

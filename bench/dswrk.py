@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.keys import REDIS_URL, forget
 from bench.report import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,7 @@ SCENARIOS = ("append1", "append100", "now", "catchup")
 CATCHUP_BYTES = 10 * 1024 * 1024
 MESSAGE = 1024
 last_transfer_mib_s = 0.0  # of the last wrk run
+PREFIXES: list[str] = []  # the runrelay servers' key prefixes, deleted at the end
 
 
 def free_port() -> int:
@@ -64,6 +66,7 @@ def start(kind: str, base: str) -> tuple[subprocess.Popen[bytes], str]:
     if kind in ("runrelay", "before"):
         env = {**os.environ, "RUNRELAY_ALLOW_ANONYMOUS": "1"}
         prefix = f"dswrk-{uuid.uuid4().hex[:8]}:"
+        PREFIXES.append(prefix)
         cmd = [sys.executable, "-m", "bench.servers", "runrelay", "--port", str(port)]
         cmd += ["--prefix", prefix]
         # "before": the same bench.servers in another checkout (its code first on sys.path).
@@ -197,6 +200,8 @@ def main() -> None:
         for proc, _ in procs.values():
             proc.terminate()
             proc.wait(10)
+        for prefix in PREFIXES:
+            forget(REDIS_URL, prefix)
 
 
 if __name__ == "__main__":

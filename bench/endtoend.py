@@ -28,7 +28,6 @@ import signal
 import statistics
 import subprocess
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import uvloop
 
 from bench import scenarios as sc
 from bench.client import Fleet
+from bench.keys import bench_prefix
 from bench.report import machine, table
 from bench.servers import pin, raise_fd_limit, spawn
 from bench.workers import REDIS_URL, _amqp_url, _ready, _spawn_worker, _wait_done
@@ -65,7 +65,7 @@ async def through_worker(
     runs: int, clients: int, interval_ms: float, seconds: float, linger_ms: float | None
 ) -> dict[str, Any]:
     count = int(seconds * 1000 / interval_ms)
-    prefix = f"rrbench:{uuid.uuid4().hex[:8]}:"
+    prefix = bench_prefix()
     extra = {"RUNRELAY_TOOLS": "bench.tools"}
     if linger_ms is not None:
         extra["RUNRELAY_APPEND_LINGER_MS"] = str(linger_ms)

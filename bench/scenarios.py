@@ -21,6 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.client import Fleet
+from bench.keys import bench_prefix
 from bench.producer import Producer
 from bench.servers import client_name, spawn
 
@@ -34,7 +35,7 @@ class Ctx:
 
 
 def _prefix() -> str:
-    return f"rrbench:{uuid.uuid4().hex[:8]}:"
+    return bench_prefix()
 
 
 def cpu_s(pid: int) -> float:

@@ -28,6 +28,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as aioredis
 
+from bench.keys import forget
+
 KINDS = ("runrelay", "ceiling", "xread", "pubsub")
 
 
@@ -240,6 +242,7 @@ def spawn(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        forget(redis_url, prefix)
 
 
 def main() -> None:

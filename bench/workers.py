@@ -24,11 +24,11 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from bench.keys import bench_prefix
 from bench.report import machine, table, write_section
 from shared.models import RunRecord, RunRequestMessage
 from shared.runtime import Runtime
@@ -126,7 +126,7 @@ async def main(
             _env_file=None,
             redis_url=REDIS_URL,
             amqp_url=amqp_url,
-            key_prefix=f"rrbench:{uuid.uuid4().hex[:8]}:",
+            key_prefix=bench_prefix(),
             worker_concurrency=concurrency,
             stream_ttl_s=300,
             publish_grace_s=600,

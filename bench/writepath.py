@@ -25,12 +25,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from bench.keys import bench_prefix
 from bench.report import machine, table
 from bench.workers import (
     REDIS_URL,
@@ -78,7 +78,7 @@ async def _xadd_reference(events: int, size: int, connections: int = 4) -> float
             REDIS_URL, max_connections=connections, timeout=None
         )
     )
-    key = f"rrbench:{{x{uuid.uuid4().hex[:8]}}}:ref"
+    key = bench_prefix("rrbench:{{x{}}}:ref")
     body = b"x" * size
     per_pipe = 200
     batches = [min(per_pipe, events - i) for i in range(0, events, per_pipe)]
@@ -108,7 +108,7 @@ async def _through_worker(
             _env_file=None,
             redis_url=REDIS_URL,
             amqp_url=amqp_url,
-            key_prefix=f"rrbench:{uuid.uuid4().hex[:8]}:",
+            key_prefix=bench_prefix(),
             worker_concurrency=max(runs, 1),
             stream_ttl_s=300,
             stream_max_events=200_000,
