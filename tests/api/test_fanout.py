@@ -171,3 +171,20 @@ async def test_streams_attaching_while_the_hub_reads_each_get_their_events(
             assert [f.event.id for b in sub.take() for f in b.frames] == [1]
     finally:
         await hub.close()
+
+
+async def test_a_burst_of_page_reads_holds_a_handful_of_redis_connections(
+    make_api: MakeApi,
+) -> None:
+    """100 JSON page reads at once (each its own log read): the command pool's bound holds,
+    so the process keeps its handful of Redis connections (the reads wait their turn)."""
+    async with make_api() as api, many(api) as http:
+        created = [await api.create_run(http) for _ in range(10)]
+        json = {"Accept": "application/json"}
+        pages = await asyncio.gather(
+            *(http.get(created[i % 10]["events_url"], headers=json) for i in range(100))
+        )
+        assert [p.status_code for p in pages] == [200] * 100
+        assert all(p.json()["events"][0]["type"] == "run.queued" for p in pages)
+        if api.backend == "real":
+            assert await redis_connections(api) < 10
