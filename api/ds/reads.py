@@ -77,12 +77,15 @@ _TICKS = itertools.count(1)  # orders reads and news taken, process-wide
 class _Read:
     """One store read of a source at an offset, shared by the readers that join it."""
 
-    __slots__ = ("future", "sse", "tick")
+    __slots__ = ("chunk", "future", "sse", "tick")
 
     def __init__(self, future: asyncio.Future[View | None]) -> None:
         self.tick = next(_TICKS)
         self.future = future
         self.sse: bytes | None = None  # its messages as SSE data events, encoded once
+        # The last SSE write made of it, data + control, for the next reader whose control
+        # says the same: (offset, cursor, up to date, closed) -> bytes.
+        self.chunk: tuple[tuple[int, str, bool, bool], bytes] | None = None
 
 
 _reads: dict[tuple[int, str, int], _Read] = {}
@@ -328,10 +331,15 @@ async def sse(
                 after = view.last
             if view.messages or not announced or ended:
                 # One write for the pair: a reader never sees data without its control.
-                control = protocol.sse_control(after, cursor, up_to_date=view.at_end, closed=ended)
-                await send(
-                    {"type": "http.response.body", "body": data + control, "more_body": True}
-                )
+                # Readers of one read mostly write the same pair: it is built once.
+                said = (after, cursor, view.at_end, ended)
+                chunk = read.chunk
+                if chunk is None or chunk[0] != said:
+                    control = protocol.sse_control(
+                        after, cursor, up_to_date=view.at_end, closed=ended
+                    )
+                    chunk = read.chunk = (said, data + control)
+                await send({"type": "http.response.body", "body": chunk[1], "more_body": True})
                 announced = True
             if ended:
                 return
