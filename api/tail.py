@@ -86,7 +86,7 @@ class Replay:
     ``data[:ends[i]]`` is the native bytes of events ``0..i``.
     """
 
-    __slots__ = ("data", "ends", "page", "terminal_at")
+    __slots__ = ("data", "ends", "page", "size", "terminal_at")
 
     def __init__(self, page: Page) -> None:
         self.page = page
@@ -96,6 +96,9 @@ class Replay:
         self.terminal_at = next(
             (i for i, e in enumerate(page.events) if e.type in TERMINAL_EVENTS), -1
         )
+        # What keeping it costs, roughly: the events and their frames, plus a floor, so
+        # that many empty pages count against the bound too.
+        self.size = 2 * len(self.data) + 1024
 
 
 class Subscription:
@@ -317,10 +320,10 @@ class TailHub:
         recent = self._recent
         old = recent.pop(ask, None)
         if old is not None:
-            self._recent_bytes -= len(old[1].data)
+            self._recent_bytes -= old[1].size
         until = asyncio.get_running_loop().time() + REPLAY_REUSE_S
         recent[ask] = (until, replay)
-        self._recent_bytes += len(replay.data)
+        self._recent_bytes += replay.size
         self._expire()
         return replay
 
@@ -333,7 +336,7 @@ class TailHub:
             self._recent_bytes > REPLAY_REUSE_BYTES or next(iter(recent.values()))[0] <= now
         ):
             _, (_, gone) = recent.popitem(last=False)
-            self._recent_bytes -= len(gone.data)
+            self._recent_bytes -= gone.size
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None

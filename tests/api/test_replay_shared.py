@@ -127,3 +127,22 @@ async def test_a_cursor_newer_than_a_shared_record_is_not_refused(make_api: Make
         await api.producer.finish(run)
         await follow(http, url, seen)
         assert seen[0] == CURSOR + 1
+
+
+async def test_shared_pages_are_bounded_and_forgotten(
+    make_api: MakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with make_api() as api, api.client() as http:
+        _, run = await started_with(api, http, 100)  # ids 1..102
+        hub, key = api.hub, api.runtime.log.keys.run_log(run.session_id, run.run_id)
+        one = await hub.replay(key, 10, 500)
+        monkeypatch.setattr(tail, "REPLAY_REUSE_BYTES", one.size + 1)  # room for one page
+        await hub.replay(key, 20, 500)
+        assert list(hub._recent) == [(key, 20, 500)]  # the older page made room
+        reads = count_reads(api.runtime.log, 10)
+        await hub.replay(key, 10, 500)
+        assert reads == [1]  # read again, not kept past the bound
+        monkeypatch.setattr(tail, "REPLAY_REUSE_S", 0.05)
+        await hub.replay(key, 30, 500)
+        await wait_for(lambda: not hub._recent, message="an idle hub forgets its pages")
+        assert hub._recent_bytes == 0
