@@ -191,12 +191,15 @@ _cursor_of = operator.attrgetter("cursor")
 
 
 class _Follow:
-    __slots__ = ("cursor", "subscribers", "until_terminal")
+    __slots__ = ("backlog", "cursor", "subscribers", "until_terminal")
 
-    def __init__(self, cursor: int, until_terminal: bool) -> None:
+    def __init__(self, cursor: int, until_terminal: bool, backlog: int) -> None:
         self.cursor = cursor
         self.until_terminal = until_terminal
         self.subscribers: set[Subscription] = set()
+        # Ids up to this were stored before the follow began: a backlog it brings, of any
+        # age, whose wait is not the pipeline's latency (api.latency).
+        self.backlog = backlog
 
 
 class TailHub:
@@ -264,8 +267,13 @@ class TailHub:
         follow = self._follows.get(key)
         return not self._closing and (follow is None or follow.cursor <= cursor)
 
-    async def subscribe(self, key: str, cursor: int, *, until_terminal: bool) -> Subscription:
-        """Receive frames of `key` appended after the hub's read position (≈ `cursor`)."""
+    async def subscribe(
+        self, key: str, cursor: int, *, until_terminal: bool, backlog: int = 0
+    ) -> Subscription:
+        """Receive frames of `key` appended after the hub's read position (≈ `cursor`).
+
+        `backlog`: the log's last id as the subscriber last knew it; a follow this starts
+        brings the events up to it without timing them (`api.latency`)."""
         sub = Subscription(key, self._buffer)
         if self._closing:
             sub.end()
@@ -273,7 +281,7 @@ class TailHub:
         follow = self._follows.get(key)
         new = follow is None
         if follow is None:
-            follow = self._follows[key] = _Follow(cursor, until_terminal)
+            follow = self._follows[key] = _Follow(cursor, until_terminal, backlog)
         follow.subscribers.add(sub)
         self._work.set()
         if new and self._in_wait and not self._woken:
@@ -407,7 +415,8 @@ class TailHub:
         batch = Batch.of(frames)
         dropped = [sub for sub in follow.subscribers if not sub.push(batch)]
         # Once per event, however many subscribers: the hub reads each event once.
-        latency.observe([f.event.json for f in frames])
+        if frames[-1].event.id > follow.backlog:
+            latency.observe([f.event.json for f in frames if f.event.id > follow.backlog])
         for sub in dropped:
             follow.subscribers.discard(sub)
         if dropped:

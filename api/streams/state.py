@@ -250,7 +250,9 @@ class StreamState:
 
     async def follow(self) -> None:
         hub = self.hub
-        sub = await hub.subscribe(self.key, self.cursor, until_terminal=self.until_terminal)
+        sub = await hub.subscribe(
+            self.key, self.cursor, until_terminal=self.until_terminal, backlog=self.last_id or 0
+        )
         try:
             while True:
                 if sub.overflowed:

@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from api.latency import created_epoch
 from shared.eventlog.base import encode_body
 from tests.api.conftest import MakeApi
+from tests.api.sse_client import events
 from tests.api.test_fanout import follow
 from tests.support.wait import wait_for
 
@@ -72,3 +73,32 @@ async def test_each_event_is_timed_once_from_its_created_at_for_three_followers(
         assert snapshot["count"] >= 51 and snapshot["p99"] >= 3.0
         text = (await http.get("/metrics")).text
         assert 'runrelay_api_deliver_latency_seconds_bucket{le="5.0"}' in text
+
+
+async def test_a_backlog_the_hub_brings_is_not_timed_only_what_comes_after(
+    make_api: MakeApi,
+) -> None:
+    """A client resuming a few events behind a quiet run: the hub's first read brings
+    those events (stored before anyone followed), and their age is not the pipeline's
+    latency; the run's next event is timed as usual."""
+    async with make_api() as api, api.client() as http:
+        created = await api.create_run(http)
+        run = await api.producer.start(created["run_id"])
+        await api.producer.emit(run, 5)  # ids 3..7, before anyone follows
+        count, _ = histogram()
+        seen: list[int] = []
+
+        async def read() -> None:
+            headers = {"Last-Event-ID": "2"}
+            async with http.stream("GET", created["events_url"], headers=headers) as response:
+                async for frame in events(response):
+                    if frame.id is not None:
+                        seen.append(frame.id)
+
+        reader = asyncio.create_task(read())
+        await wait_for(lambda: seen[-1:] == [7], message="the backlog arrived")
+        assert histogram()[0] == count  # 5 events delivered, none timed
+        last = await api.producer.finish(run)
+        await reader
+        assert seen == list(range(3, last + 1))
+        assert histogram()[0] == count + 1  # the live terminal event
