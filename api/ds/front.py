@@ -6,14 +6,12 @@ limit middleware as every other route, but not through FastAPI's routing (the /d
 catch-all is its last route), dependency solving, exception and telemetry middleware:
 by py-spy, two thirds of an append's CPU time before this path existed (issue 15).
 
-Errors keep their semantics: the protocol's answers are built by the handlers; a
-`RunRelayError` (401, 503) is rendered as on every other route; anything else is
-logged and answered 500 like the app's last-resort handler does.
+Errors keep their semantics (`api.ds.routes.failed`): a `ProtocolError` gets the status
+the protocol prescribes; a `RunRelayError` (401, 503) is rendered as on every other
+route; anything else is logged and answered 500 like the app's last-resort handler does.
 """
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -22,10 +20,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.deps import ApiState
 from api.ds import routes
 from api.middleware import AccessLog, BodyLimit, Cors
-from api.responses import error_response, runrelay_error
-from shared.errors import RunRelayError
-
-log = logging.getLogger(__name__)
 
 PREFIX = "/ds/"
 
@@ -40,11 +34,8 @@ class DurableStreams:
         request = Request(scope, receive)
         try:
             response = await routes.handle(request, self.state)
-        except RunRelayError as exc:
-            response = runrelay_error(exc, scope["method"], scope["path"])
-        except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            response = error_response(500, "internal_error", "internal server error")
+        except Exception as exc:
+            response = routes.failed(exc, scope)
         await response(scope, receive, send)
 
 

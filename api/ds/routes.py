@@ -319,18 +319,23 @@ class _LongPoll(Response):
         assert send is not None
         self._send = None
         timeout_s = state.runtime.settings.ds_long_poll_s
-        # As `routes.handle` and `api.ds.front` answer, now that their frames are gone.
         try:
             view = await reads.long_poll(state.hub, source, after, timeout_s, receive, first)
             response = _answer_view(source, after, view, asked)
-        except ProtocolError as exc:
-            response = refuse(exc.status, str(exc))
-        except RunRelayError as exc:
-            response = runrelay_error(exc, scope["method"], scope["path"])
-        except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            response = error_response(500, "internal_error", "internal server error")
+        except Exception as exc:
+            response = failed(exc, scope)  # as `api.ds.front` answers `handle`'s errors
         await response(scope, receive, send)
+
+
+def failed(exc: Exception, scope: Scope) -> Response:
+    """The answer to what a /ds/ handler raised: the protocol's own status, a
+    `RunRelayError` as on every other route (401, 503), anything else a logged 500."""
+    if isinstance(exc, ProtocolError):
+        return refuse(exc.status, str(exc))
+    if isinstance(exc, RunRelayError):
+        return runrelay_error(exc, scope["method"], scope["path"])
+    log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
+    return error_response(500, "internal_error", "internal server error")
 
 
 # Read-only runrelay logs ----------------------------------------------------------------
@@ -339,19 +344,16 @@ async def _runrelay_log(
 ) -> Response:
     if request.method not in ("GET", "HEAD"):
         return refuse(405, "runrelay logs are written by workers", {"Allow": "GET, HEAD"})
-    try:
-        source = await _log_source(state, owner, kind, ident)
-        if source is None:
-            return refuse(404, f"no {kind[:-1]} {ident}")
-        if request.method == "HEAD":
-            view = await source.page(source.tail)
-            headers = {NEXT_OFFSET: protocol.offset(source.tail), "Cache-Control": "no-store"}
-            if view is not None and view.closed:
-                headers[CLOSED] = "true"
-            return answer(200, headers, content_type=source.content_type)
-        return await _read(request, state, source, {})
-    except ProtocolError as exc:
-        return refuse(exc.status, str(exc))
+    source = await _log_source(state, owner, kind, ident)
+    if source is None:
+        return refuse(404, f"no {kind[:-1]} {ident}")
+    if request.method == "HEAD":
+        view = await source.page(source.tail)
+        headers = {NEXT_OFFSET: protocol.offset(source.tail), "Cache-Control": "no-store"}
+        if view is not None and view.closed:
+            headers[CLOSED] = "true"
+        return answer(200, headers, content_type=source.content_type)
+    return await _read(request, state, source, {})
 
 
 def _expiry(request: Request) -> tuple[int | None, str | None, int | None]:
@@ -539,7 +541,8 @@ _LOG_PATH = re.compile(r"(runs|sessions)/([^/]+)")
 async def handle(request: Request, state: ApiState) -> Response:
     """One request below ``/ds/`` (`api.ds.front` sends them here).
 
-    Raises `Unauthorized` (401, rendered like any other route's) before anything is read.
+    Raises what it refuses (`ProtocolError`; `Unauthorized` before anything is read): the
+    caller answers with `failed`.
     """
     method = request.method
     path = request.scope["path"][4:]
@@ -558,38 +561,35 @@ async def handle(request: Request, state: ApiState) -> Response:
 async def _stream(request: Request, state: ApiState, owner: str, path: str) -> Response:
     """Any other path below /ds/ is one of the caller's Durable Streams."""
     streams = state.runtime.streams
-    try:
-        path = _stream_path(path)
-        method = request.method
-        if method == "PUT":
-            return await _create(request, state, owner, path)
-        if method == "POST":
-            return await _append(request, state, owner, path)
-        if method == "DELETE":
-            status = await streams.delete(owner, path)
-            codes = {"deleted": 204, "soft": 204, "not_found": 404, "gone": 410}
-            return answer(codes[status]) if codes[status] == 204 else refuse(codes[status], status)
-        start = _first_read(request) if method == "GET" else None
-        first: tuple[int, View | None] | None = None
-        if start is None:
-            info = await streams.info(owner, path)
-        elif start < 0:  # now: the tail is where it starts, and there is nothing after it
-            now = await streams.read(owner, path, 0, 0)
-            info = now[0] if now is not None else None
-            if info is not None and not info.gone:
-                first = (info.tail, View([], info.tail, info.tail, info.closed))
-        else:
-            found = await streams.page(owner, path, start, reads.CHUNK_MESSAGES, reads.CHUNK_BYTES)
-            info = found[0] if found is not None else None
-            first = (start, _view(found, start))
-        if info is None:
-            return refuse(404, "no such stream")
-        if info.gone:
-            return refuse(410, "the stream was deleted")
-        if method == "HEAD":
-            headers = {**_info_headers(info), **_ttl_headers(info), "Cache-Control": "no-store"}
-            return answer(200, headers)
-        source = _stream_source(state, owner, path, info)
-        return await _read(request, state, source, {}, first)
-    except ProtocolError as exc:
-        return refuse(exc.status, str(exc))
+    path = _stream_path(path)
+    method = request.method
+    if method == "PUT":
+        return await _create(request, state, owner, path)
+    if method == "POST":
+        return await _append(request, state, owner, path)
+    if method == "DELETE":
+        status = await streams.delete(owner, path)
+        codes = {"deleted": 204, "soft": 204, "not_found": 404, "gone": 410}
+        return answer(codes[status]) if codes[status] == 204 else refuse(codes[status], status)
+    start = _first_read(request) if method == "GET" else None
+    first: tuple[int, View | None] | None = None
+    if start is None:
+        info = await streams.info(owner, path)
+    elif start < 0:  # now: the tail is where it starts, and there is nothing after it
+        now = await streams.read(owner, path, 0, 0)
+        info = now[0] if now is not None else None
+        if info is not None and not info.gone:
+            first = (info.tail, View([], info.tail, info.tail, info.closed))
+    else:
+        found = await streams.page(owner, path, start, reads.CHUNK_MESSAGES, reads.CHUNK_BYTES)
+        info = found[0] if found is not None else None
+        first = (start, _view(found, start))
+    if info is None:
+        return refuse(404, "no such stream")
+    if info.gone:
+        return refuse(410, "the stream was deleted")
+    if method == "HEAD":
+        headers = {**_info_headers(info), **_ttl_headers(info), "Cache-Control": "no-store"}
+        return answer(200, headers)
+    source = _stream_source(state, owner, path, info)
+    return await _read(request, state, source, {}, first)
