@@ -128,13 +128,18 @@ return {'ok', tail, c, epoch, seq}
 """
 )
 
-READ = (
-    _EXPIRE
-    + """
+# A read's start: the stream's metadata (as `info_from` takes it), false when none.
+_METADATA = """
 local meta, log, prods = KEYS[1], KEYS[2], KEYS[3]
 local cur = redis.call('HMGET', meta, 'ct', 'ttl', 'exp', 'expms', 'fork_of', 'fork_off',
   'fork_sub', 'tail', 'closed', 'gone')
 if not cur[1] then return false end
+"""
+
+READ = (
+    _EXPIRE
+    + _METADATA
+    + """
 if ARGV[3] == '1' and cur[10] ~= '1' and cur[2] ~= '' then
   expire({meta, log, prods}, cur[2], '')
 end
@@ -157,11 +162,8 @@ return {cur, entries}
 # the caller's join is one memcpy.
 PAGE = (
     _EXPIRE
+    + _METADATA
     + """
-local meta, log, prods = KEYS[1], KEYS[2], KEYS[3]
-local cur = redis.call('HMGET', meta, 'ct', 'ttl', 'exp', 'expms', 'fork_of', 'fork_off',
-  'fork_sub', 'tail', 'closed', 'gone')
-if not cur[1] then return false end
 if cur[10] ~= '1' and cur[2] ~= '' then expire({meta, log, prods}, cur[2], '') end
 local parts, n, size, last = {}, 0, 0, 0
 local left, most, from, batch = tonumber(ARGV[2]), tonumber(ARGV[3]), '(0-' .. ARGV[1], 1
