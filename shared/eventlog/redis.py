@@ -416,11 +416,7 @@ class RedisConnection:
         if session_id is not None:
             self._sessions.move_to_end(run_id)
             return session_id
-        key = self.keys.run_index(run_id)
-        if self.cluster:
-            raw = await self.call(self.redis.get(key))
-        else:
-            raw = await self.batch.command("GET", key)
+        raw = await self.batch.command("GET", self.keys.run_index(run_id))
         if raw is None:
             return None
         session_id = str(raw.decode())
@@ -458,8 +454,8 @@ class Coalescer:
     One batch in flight at a time, so calls reach Redis in the order they were made
     (two appends to one stream are never reordered between connections), and under load
     the batch grows instead of the queue for the pool's connections. Each call stays its
-    own atomic command or script. Replies are Redis's own (no redis-py response
-    callbacks: a hash is a flat list). On a cluster, calls go out one by one
+    own atomic command or script. Replies are Redis's own, without redis-py's response
+    callbacks (a hash is a map under RESP3). On a cluster, calls go out one by one
     (`RedisConnection.call`), one at a time per slot (so per stream), in arrival order.
     """
 
@@ -477,9 +473,10 @@ class Coalescer:
         return await self._queued(packed, lambda: script(keys=keys, args=args))
 
     async def command(self, *args: str | bytes | int) -> Any:
-        """Run one plain command, its reply as Redis sent it (not on a cluster: there,
-        use redis-py's own call, which routes it)."""
-        assert not self._conn.cluster, "Coalescer.command: not on a cluster"
+        """Run one plain command whose first key is ``args[1]``; its reply as Redis sent
+        it (on a cluster, routed by redis-py to the key's node, as it comes from there)."""
+        if self._conn.cluster:
+            return await self._conn.call(self._conn.redis.execute_command(*args))
         return await self._queued(hiredis.pack_command(args), None)  # type: ignore[arg-type]
 
     async def _queued(self, packed: bytes, alone: Callable[[], Awaitable[Any]] | None) -> Any:

@@ -33,17 +33,10 @@ class RedisRunStore:
         session_id = await self.conn.session_of(run_id)
         if session_id is None:
             return None
-        key = self.keys.run(session_id, run_id)
-        if self.conn.cluster:
-            raw = await self._call(self._redis.hgetall(key))
-        else:  # with other calls waiting now, in one round trip
-            reply = await self.conn.batch.command("HGETALL", key)
-            # A map (hiredis parses it so here), or a flat list from a plain parser.
-            raw = (
-                reply
-                if isinstance(reply, dict)
-                else dict(zip(reply[::2], reply[1::2], strict=True))
-            )
+        # With the other calls waiting now, in one round trip.
+        reply = await self.conn.batch.command("HGETALL", self.keys.run(session_id, run_id))
+        # A map (RESP3, redis-py's default), or a flat list on a RESP2 connection.
+        raw = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
         return record_from(decoded(raw)) if raw else None
 
     async def update_run(
