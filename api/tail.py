@@ -74,9 +74,14 @@ class Batch(NamedTuple):
     @classmethod
     def of(cls, frames: list[Frame]) -> Batch:
         first, last = frames[0].event.id, frames[-1].event.id
-        terminal_at = next((i for i, f in enumerate(frames) if f.event.type in TERMINAL_EVENTS), -1)
+        terminal_at = first_terminal([f.event for f in frames])
         data = b"".join([f.data for f in frames])
         return cls(frames, data, first, last, last - first == len(frames) - 1, terminal_at)
+
+
+def first_terminal(events: list[StoredEvent]) -> int:
+    """The index of the first terminal event, -1 if none."""
+    return next((i for i, e in enumerate(events) if e.type in TERMINAL_EVENTS), -1)
 
 
 class Replay:
@@ -93,9 +98,7 @@ class Replay:
         frames = [sse.frame(e.id, e.type, e.json) for e in page.events]
         self.data = b"".join(frames)
         self.ends = list(itertools.accumulate(map(len, frames)))
-        self.terminal_at = next(
-            (i for i, e in enumerate(page.events) if e.type in TERMINAL_EVENTS), -1
-        )
+        self.terminal_at = first_terminal(page.events)
         # What keeping it costs, roughly: the events and their frames, plus a floor, so
         # that many empty pages count against the bound too.
         self.size = 2 * len(self.data) + 1024
@@ -345,11 +348,12 @@ class TailHub:
         ):
             _, (_, gone) = recent.popitem(last=False)
             self._recent_bytes -= gone.size
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        if recent:
-            self._expiry = loop.call_at(next(iter(recent.values()))[0], self._expire)
+        if recent and self._expiry is None:
+            self._expiry = loop.call_at(next(iter(recent.values()))[0], self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self._expire()
 
     def unsubscribe(self, sub: Subscription) -> None:
         follow = self._follows.get(sub.key)
