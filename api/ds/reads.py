@@ -175,7 +175,9 @@ async def _park(sub: Subscription, receive: Receive, within_s: float) -> bool:
 
     An idle reader so holds its subscription, its place in the ticker and this frame: no
     task, future, timer or async generator of its own (``asyncio.wait_for`` made a task
-    and two futures)."""
+    and two futures). `api.streams.state.StreamState.idle` parks the same way, inline in
+    its own frame: a helper both called would be one more coroutine frame per idle
+    stream."""
     if sub.batches or sub.overflowed or sub.closed:
         return True
     task = asyncio.current_task()
