@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import operator
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -190,9 +189,6 @@ class Subscription:
             self.waker = None
 
 
-_cursor_of = operator.attrgetter("cursor")
-
-
 class _Follow:
     __slots__ = ("backlog", "cursor", "subscribers", "until_terminal")
 
@@ -216,8 +212,11 @@ class TailHub:
         self._block_s = min(block_s, BLOCK_S)
         self._batch = batch
         self._wake_key = log.keys.wakeup(uuid.uuid4().hex)
-        self._wake_cursor = 0
         self._follows: dict[str, _Follow] = {}
+        # Each followed log's cursor, and the wake log's: what every read asks for, kept
+        # as the follows change. Rebuilt per read it was O(followed) each time, and a
+        # wave of 2,000 new streams makes hundreds of reads (14% of a connect storm).
+        self._cursors: dict[str, int] = {self._wake_key: 0}
         self._reads: Flights[tuple[str, int, int], Page] = Flights()
         self._replays: Flights[tuple[str, int, int], Replay] = Flights()
         # Finished replay pages, oldest first: ask -> (reusable until, the page).
@@ -249,7 +248,7 @@ class TailHub:
         for follow in self._follows.values():
             for sub in follow.subscribers:
                 sub.end()
-        self._follows.clear()
+        self._unfollow_all()
         self._work.set()
 
     async def close(self) -> None:
@@ -285,6 +284,7 @@ class TailHub:
         new = follow is None
         if follow is None:
             follow = self._follows[key] = _Follow(cursor, until_terminal, backlog)
+            self._cursors[key] = cursor
         follow.subscribers.add(sub)
         self._work.set()
         if new and self._in_wait and not self._woken:
@@ -360,7 +360,7 @@ class TailHub:
         if follow is not None and sub in follow.subscribers:
             follow.subscribers.remove(sub)
             if not follow.subscribers:
-                del self._follows[sub.key]
+                self._unfollow(sub.key)
 
     async def _run(self) -> None:
         backoff = _BACKOFF_FIRST_S
@@ -373,10 +373,7 @@ class TailHub:
                 if not self._follows:
                     await self._work.wait()
                 continue
-            # Built in C (2,000 followed logs: a Python loop here was 2% of a connect storm).
-            follows = self._follows
-            cursors = dict(zip(follows, map(_cursor_of, follows.values()), strict=True))
-            cursors[self._wake_key] = self._wake_cursor
+            cursors = self._cursors.copy()  # the read's own: the follows change meanwhile
             self._in_wait = True
             self._woken = False
             try:
@@ -397,7 +394,8 @@ class TailHub:
             backoff = _BACKOFF_FIRST_S
             for key, events in found.items():
                 if key == self._wake_key:
-                    self._wake_cursor = events[-1].id if events else self._wake_cursor
+                    if events:
+                        self._cursors[key] = events[-1].id
                     continue
                 follow = self._follows.get(key)
                 if follow is not None:
@@ -416,6 +414,7 @@ class TailHub:
                 break
         if not frames:
             return
+        self._cursors[key] = follow.cursor
         batch = Batch.of(frames)
         dropped = [sub for sub in follow.subscribers if not sub.push(batch)]
         # Once per event, however many subscribers: the hub reads each event once.
@@ -427,10 +426,18 @@ class TailHub:
             metrics.SLOW_CLIENT_FALLBACKS.inc(len(dropped))
         if ended or not follow.subscribers:
             # Nothing follows a terminal event; subscribers end on the frame they just got.
-            self._follows.pop(key, None)
+            self._unfollow(key)
 
     def _fail(self, error: BackendUnavailable) -> None:
         for follow in self._follows.values():
             for sub in follow.subscribers:
                 sub.end(error)
+        self._unfollow_all()
+
+    def _unfollow(self, key: str) -> None:
+        self._follows.pop(key, None)
+        self._cursors.pop(key, None)
+
+    def _unfollow_all(self) -> None:
         self._follows.clear()
+        self._cursors = {self._wake_key: self._cursors[self._wake_key]}

@@ -204,7 +204,7 @@ class _ChangeFeed:
                     await self._news.wait()
         if self._error is not None:
             raise self._error
-        ready, self._dirty = self._dirty & set(cursors), set()
+        ready, self._dirty = self._dirty & cursors.keys(), set()  # O(dirty), not O(followed)
         return ready
 
     async def _follow(self, cursors: Mapping[str, int], *, recheck: bool) -> None:
@@ -213,13 +213,18 @@ class _ChangeFeed:
         by_node: dict[str, list[str]] = {}
         # Set operations on the key views, in C: the hub calls this for every read, with
         # every followed log (a Python loop over 2,000 keys per read slowed connect storms).
-        fresh = cursors.keys() if recheck else cursors.keys() - self._node_of_key.keys()
+        known_keys = self._node_of_key.keys()
+        fresh = cursors.keys() if recheck else cursors.keys() - known_keys
         for key in fresh:
             known = self._node_of_key.get(key)
             node = self._conn.node_of(key)
             if known != node:
                 by_node.setdefault(node, []).append(key)
-        gone = self._node_of_key.keys() - cursors.keys()
+        # Known keys no longer followed: as many as |known| - (|followed| - |fresh|), so
+        # none when the counts add up (a connect wave only adds keys): no second pass.
+        # (With `recheck` fresh is every followed key: the pass runs if any is known.)
+        counts_add_up = len(known_keys) + len(fresh) == len(cursors)
+        gone = () if counts_add_up else known_keys - cursors.keys()
         moved = [k for keys in by_node.values() for k in keys if k in self._node_of_key]
         for key in [*gone, *moved]:
             node = self._node_of_key.pop(key)

@@ -8,6 +8,7 @@ import time
 import uuid
 
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -299,3 +300,38 @@ async def test_paging_from_any_cursor_returns_exactly_the_later_events(
             break
         cursor = batch.events[-1].id
     assert got == list(range(1, n + 1))
+
+
+async def test_a_log_no_longer_waited_on_is_no_longer_subscribed(
+    redis_url: str, prefix: str
+) -> None:
+    """The change feed subscribes each log a `wait` asks for and unsubscribes each it no
+    longer asks for, whether a pass only adds logs (counted, not compared) or also drops
+    some; a dropped log left subscribed would be notified of every append for ever."""
+    from shared.eventlog.redis_records import redis_stores
+
+    log = redis_stores(redis_url, prefix=prefix, ttl_s=60, max_events=100).log
+    admin = aioredis.Redis.from_url(redis_url)
+    key = {name: log.keys.topic_log("owner", name) for name in "abcdefgh"}
+
+    async def subscribed() -> set[str]:
+        found = dict(await admin.pubsub_shardnumsub(*key.values()))
+        return {name for name, k in key.items() if found[k.encode()] > 0}
+
+    async def waiting_on(names: str) -> None:
+        await log.wait(dict.fromkeys((key[n] for n in names), 0), 0.05, 10)
+
+        async def exactly() -> bool:
+            return await subscribed() == set(names)
+
+        await wait_for(exactly, message=f"subscribed to exactly {names}")
+
+    try:
+        await waiting_on("abcd")
+        await waiting_on("bce")  # drops two, adds one
+        await waiting_on("bcef")  # only adds
+        await waiting_on("cfgh")  # drops two, adds two: the same count
+        await waiting_on("cfgh")  # nothing changes
+    finally:
+        await log.close()
+        await admin.aclose()
