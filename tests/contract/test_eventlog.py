@@ -109,6 +109,9 @@ async def test_trimmed_log_reports_its_oldest_id(make_stores: MakeStores) -> Non
     items = [i async for i in replay(log, key, 3)]
     assert items[0] == Gap(4, 15)
     assert [i.id for i in items[1:] if isinstance(i, StoredEvent)] == list(range(16, 26))
+    # The session's log, which gets a copy of every event, is held to the same bound.
+    session = await log.read(log.keys.session_log(run.session_id, "alice"), 0, 100)
+    assert [e.id for e in session.events] == list(range(16, 26))
 
 
 async def test_a_run_longer_than_the_ttl_keeps_its_whole_log(make_stores: MakeStores) -> None:
