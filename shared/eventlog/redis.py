@@ -692,11 +692,11 @@ class RedisEventLog:
                 out.append(NotFound(f"run {b.run_id} not found"))
             else:
                 out.append(AppendRefused(b.run_id, status, b.events[0][0]))
-        if expire:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for run_id in expire:
-                    pipe.expire(self.keys.run_index(run_id), self._ttl_s)
-                await self._call(pipe.execute())
+        if expire:  # with the other calls waiting now (runs ending together)
+            index = self.keys.run_index
+            await asyncio.gather(
+                *(self.conn.batch.command("EXPIRE", index(r), self._ttl_s) for r in expire)
+            )
         return out
 
     async def _write_one(self, keys: list[str], args: list[Any]) -> Any:
