@@ -39,7 +39,12 @@ from shared.eventlog.base import Batch, EventLog, Transition
 
 log = logging.getLogger(__name__)
 
-_MAX_BATCH_EVENTS = 500  # one script call blocks Redis for its whole batch: keep it short
+# One script call holds Redis for its whole batch (~4 us an event), and Redis writes a
+# reader's reply at most 64 KB per pass of its event loop: with 500-event batches an
+# API's tail read of 15,000 events took 376 ms while appends ran, and its clients got
+# nothing meanwhile. 200 keeps each pass short (100 x 5 fan-out: 0.47x -> 0.57-0.60x
+# of the bare ceiling; docs/benchmarks.md).
+_MAX_BATCH_EVENTS = 200
 _MAX_BATCH_BYTES = 256 * 1024
 
 
@@ -91,6 +96,11 @@ class RunStream:
             await app.space(self)
             if self.error is not None:
                 raise self.error
+        elif len(self.pending) % _MAX_BATCH_EVENTS == 0:
+            # A full batch waits: let the flusher send it while this tool queues the
+            # next. A tool emitting in a loop that awaits nothing else would otherwise
+            # hold the process until its byte bound, and its first batch with it.
+            await asyncio.sleep(0)
 
     async def flush(self) -> None:
         """Wait until everything put is stored; raises the error that refused it."""

@@ -132,3 +132,22 @@ async def test_a_tool_emitting_faster_than_the_log_takes_waits(runs: Runs, log: 
     await stream.flush()
     assert await deltas(log, run) == [f"{n:04}" for n in range(11)]
     await app.close()
+
+
+async def test_a_tool_emitting_in_a_tight_loop_gets_its_first_batch_out_before_it_ends(
+    runs: Runs, log: EventLog
+) -> None:
+    """A tool that emits 1,000 chunks awaiting nothing else (all within the byte bound)
+    still lets the first batches go out while it emits, not only once it is done."""
+    gated = Gated(log)
+    app = Appender(gated, linger_s=0.001)  # type: ignore[arg-type]
+    run = await started(runs)
+    stream = stream_of(app, runs, run)
+    rounds_seen = []
+    for n in range(1000):
+        await stream.put("output.message.delta", body(run, f"{n:04}"))
+        rounds_seen.append(len(gated.rounds))
+    assert rounds_seen[-1] >= 1, "no batch went out while the tool was emitting"
+    await stream.flush()
+    assert await deltas(log, run) == [f"{n:04}" for n in range(1000)]
+    await app.close()
