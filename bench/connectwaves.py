@@ -20,6 +20,8 @@ import time
 import uvloop
 
 from bench import scenarios as sc
+from bench.client import Fleet
+from bench.producer import Producer
 from bench.report import machine, table
 from bench.servers import pin, raise_fd_limit, spawn
 from bench.workers import REDIS_URL
@@ -30,20 +32,20 @@ NAMES = {"runrelay": "runrelay API", "pubsub": "bare ASGI design (baseline b)"}
 async def waves(kind: str, n_runs: int, n_waves: int) -> dict[str, float]:
     prefix = sc._prefix()
     with spawn(kind, prefix, REDIS_URL) as (port, pid):
-        prod = sc.Producer(REDIS_URL, prefix)
-        fleets: list[sc.Fleet] = []
+        prod = Producer(REDIS_URL, prefix)
+        fleets: list[Fleet] = []
         made = []
         try:
             warm = await prod.runs(50)
             made += warm
-            fleets.append(sc.Fleet(port))
+            fleets.append(Fleet(port))
             await fleets[0].connect([sc._path(kind, prod, r) for r in warm])
             batches = [await prod.runs(n_runs) for _ in range(n_waves)]
             for runs in batches:
                 made += runs
             connect_s, cpu0 = 0.0, sc.cpu_s(pid)
             for runs in batches:
-                fleet = sc.Fleet(port)
+                fleet = Fleet(port)
                 fleets.append(fleet)
                 t0 = time.perf_counter()
                 await fleet.connect([sc._path(kind, prod, r) for r in runs])

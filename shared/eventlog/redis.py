@@ -130,7 +130,7 @@ class _Shard:
         those as in the rest of the hub), and a silent reconnect would not subscribe our
         keys again. A broken connection raises instead, and the feed starts over."""
         await self.pubsub.connect()
-        packed = [hiredis.pack_command(command) for command in commands]
+        packed = [hiredis.pack_command(command) for command in commands]  # type: ignore[arg-type]
         await self.pubsub.connection.send_packed_command(packed, check_health=False)
 
     async def read(self) -> Any:
