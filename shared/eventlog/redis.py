@@ -18,6 +18,13 @@ from urllib.parse import unquote
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
@@ -48,6 +55,50 @@ BACKEND_ERRORS: tuple[type[Exception], ...] = (
     EOFError,
     RuntimeError,
 )
+
+
+class _ResetAware(AbstractConnection):
+    """A connection that connects afresh when its transport was closed under it.
+
+    A connection reset while it sat in the pool (a proxy's or a failover's RST) leaves
+    no EOF to see, and redis-py 8's pool skips its own "is it dirty" check when
+    maintenance notifications are on (RESP3's default): the first command after an
+    outage then met uvloop's "unable to perform operation on <TCPTransport
+    closed=True>" and answered 503 although Redis was back. The pool connects every
+    connection it hands out (a no-op when connected); this one notices the closed
+    transport there."""
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        writer = self._writer
+        if writer is not None and writer.transport.is_closing():
+            await self.disconnect()
+        await super().connect_check_health(
+            check_health=check_health, retry_socket_connect=retry_socket_connect
+        )
+
+
+class _Tcp(_ResetAware, Connection):
+    pass
+
+
+class _Tls(_ResetAware, SSLConnection):
+    pass
+
+
+class _Unix(_ResetAware, UnixDomainSocketConnection):
+    pass
+
+
+def _connection_class(url: str) -> type[AbstractConnection]:
+    """The reset-aware version of the connection class `url`'s scheme asks for."""
+    chosen = parse_url(url).get("connection_class")
+    if chosen is SSLConnection:
+        return _Tls
+    if chosen is UnixDomainSocketConnection:
+        return _Unix
+    return _Tcp
 
 
 def _seq(stream_id: bytes | str) -> int:
@@ -337,6 +388,7 @@ class RedisConnection:
             self.redis = aioredis.Redis(
                 connection_pool=aioredis.BlockingConnectionPool.from_url(
                     url,
+                    connection_class=_connection_class(url),
                     max_connections=max_connections,
                     timeout=_COMMAND_TIMEOUT_S,
                     socket_timeout=_COMMAND_TIMEOUT_S,
@@ -347,6 +399,7 @@ class RedisConnection:
             self.blocking = aioredis.Redis(
                 connection_pool=aioredis.BlockingConnectionPool.from_url(
                     url,
+                    connection_class=_connection_class(url),
                     max_connections=2,
                     timeout=None,
                     socket_timeout=None,

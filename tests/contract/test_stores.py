@@ -134,3 +134,32 @@ async def test_advertised_tools_are_kept_by_name_and_by_when(workers: WorkerRegi
     tools = await workers.list_tools(since=now - 10)
     assert [(t["name"], t["description"]) for t in tools] == [("story", "new")]
     assert [t["name"] for t in await workers.list_tools(since=0)] == ["retired", "story"]
+
+
+async def test_a_connection_reset_while_pooled_is_connected_afresh_not_failed(
+    redis_url: str, prefix: str
+) -> None:
+    """Redis comes back after its connections were reset (a proxy, a failover): the next
+    call connects again instead of failing on the dead connection it took from the pool.
+    Both paths: a plain redis-py call and the coalesced one."""
+    from shared.eventlog.redis import RedisConnection
+    from tests.support.proxy import FaultProxy
+
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with FaultProxy(port) as proxy:
+        conn = RedisConnection(f"redis://127.0.0.1:{proxy.port}/0", prefix=prefix)
+        pool = conn.redis.connection_pool
+        try:
+            await conn.redis.set(f"{prefix}k", "v")
+            assert await conn.batch.command("GET", f"{prefix}k") == b"v"
+            assert await proxy.cut_all() >= 1
+
+            def all_closed() -> bool:
+                writers = [c._writer for c in pool._get_free_connections()]
+                return all(w is not None and w.transport.is_closing() for w in writers)
+
+            await wait_for(all_closed, message="the pooled connections see the reset")
+            assert await conn.batch.command("GET", f"{prefix}k") == b"v"
+            assert await conn.call(conn.redis.get(f"{prefix}k")) == b"v"
+        finally:
+            await conn.close()

@@ -174,7 +174,7 @@ async def test_an_api_answers_503_never_500_while_its_redis_connections_are_rese
     for status, body in zip(statuses, bodies, strict=True):
         if status == 503:
             assert orjson.loads(body)["error"]["code"] == "backend_unavailable", body
-    assert after.status_code == 200, "the API did not recover by itself"
+    assert after.status_code == 200, f"the API did not recover by itself: {after.text}"
     assert "Traceback" not in api.output(), api.output()[-3000:]
 
 
