@@ -133,16 +133,20 @@ class LeanStreams:
         except Exception as exc:
             response, failure = await self._answer(request, exc)
         del request, open_, param  # only the response and its stream live on
+        status = response.status_code
         try:
             if isinstance(response, EventStreamResponse):
-                # Its two steps, so an idle stream holds no frame of the response's own.
+                # Its two steps, so an idle stream holds no frame of the response's own,
+                # and then not the response either: only its body's coroutine lives on.
                 await response.start(send)
-                await response.serve(receive, scope[RAW_SEND])
+                serving = response.serve(receive, scope[RAW_SEND])
+                del response
+                await serving
             else:
                 await response(scope, receive, send)
         finally:
             if access_log.isEnabledFor(logging.INFO):
-                log_access(scope, response.status_code, started)
+                log_access(scope, status, started)
         if failure is not None:
             raise failure  # as Starlette's ServerErrorMiddleware: answered 500, then raised
 
