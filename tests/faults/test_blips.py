@@ -67,7 +67,12 @@ async def test_a_reset_of_the_workers_redis_connections_retries_every_run_and_fa
             return True
 
         await wait_for(all_streaming, timeout=20, message="the runs never streamed")
+        # Reset while the worker has a command in flight: a reset of idle pooled
+        # connections alone is absorbed (they connect afresh) and would reach no run.
+        proxy.stall()
+        await wait_for(lambda: proxy.held_up > 0, message="no command of the worker's in flight")
         assert await proxy.cut_all() > 0
+        proxy.resume()
 
         # Lease (1.5 s) + reaper + a second attempt of a ~3 s story.
         async def all_ended() -> bool:

@@ -57,6 +57,7 @@ class FaultProxy:
         self.connections_total = 0
         self.bytes_down = 0
         self.bytes_up = 0
+        self.held_up = 0  # client -> target chunks read but held by `stall`, now
         self._server: asyncio.Server | None = None
         self._conns: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -193,7 +194,13 @@ class FaultProxy:
                         with contextlib.suppress(OSError):
                             dst.write_eof()
                     return
-                await self._flowing.wait()
+                if not self._flowing.is_set():
+                    held = not downstream
+                    self.held_up += held
+                    try:
+                        await self._flowing.wait()
+                    finally:
+                        self.held_up -= held
                 if self.delay_s > 0:
                     await asyncio.sleep(self.delay_s)
                 if conn.closed:
