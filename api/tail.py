@@ -190,10 +190,11 @@ class Subscription:
 
 
 class _Follow:
-    __slots__ = ("backlog", "cursor", "subscribers", "until_terminal")
+    """One followed log's subscribers (its cursor is `TailHub._cursors`' entry)."""
 
-    def __init__(self, cursor: int, until_terminal: bool, backlog: int) -> None:
-        self.cursor = cursor
+    __slots__ = ("backlog", "subscribers", "until_terminal")
+
+    def __init__(self, until_terminal: bool, backlog: int) -> None:
         self.until_terminal = until_terminal
         self.subscribers: set[Subscription] = set()
         # Ids up to this were stored before the follow began: a backlog it brings, of any
@@ -213,8 +214,8 @@ class TailHub:
         self._batch = batch
         self._wake_key = log.keys.wakeup(uuid.uuid4().hex)
         self._follows: dict[str, _Follow] = {}
-        # Each followed log's cursor, and the wake log's: what every read asks for, kept
-        # as the follows change. Rebuilt per read it was O(followed) each time, and a
+        # Each followed log's cursor (the only copy), and the wake log's: what every read
+        # asks for, kept as the follows change. Rebuilt per read it was O(followed) each time, and a
         # wave of 2,000 new streams makes hundreds of reads (14% of a connect storm).
         self._cursors: dict[str, int] = {self._wake_key: 0}
         self._reads: Flights[tuple[str, int, int], Page] = Flights()
@@ -266,8 +267,8 @@ class TailHub:
         """Whether a subscription to `key` made now gets every event after `cursor` from this
         hub's reads: nobody follows `key` yet (the follow starts there), or its follow is
         not past `cursor`. Not while draining (subscriptions end at once then)."""
-        follow = self._follows.get(key)
-        return not self._closing and (follow is None or follow.cursor <= cursor)
+        at = self._cursors.get(key)  # a followed log's (the wake key is no log)
+        return not self._closing and (at is None or at <= cursor)
 
     async def subscribe(
         self, key: str, cursor: int, *, until_terminal: bool, backlog: int = 0
@@ -283,7 +284,7 @@ class TailHub:
         follow = self._follows.get(key)
         new = follow is None
         if follow is None:
-            follow = self._follows[key] = _Follow(cursor, until_terminal, backlog)
+            follow = self._follows[key] = _Follow(until_terminal, backlog)
             self._cursors[key] = cursor
         follow.subscribers.add(sub)
         self._work.set()
@@ -404,17 +405,18 @@ class TailHub:
     def _deliver(self, key: str, follow: _Follow, events: list[StoredEvent]) -> None:
         frames: list[Frame] = []
         ended = False
+        cursor = self._cursors[key]
         for event in events:
-            if event.id <= follow.cursor:
+            if event.id <= cursor:
                 continue
             frames.append(Frame(event, sse.frame(event.id, event.type, event.json)))
-            follow.cursor = event.id
+            cursor = event.id
             if follow.until_terminal and event.type in TERMINAL_EVENTS:
                 ended = True
                 break
         if not frames:
             return
-        self._cursors[key] = follow.cursor
+        self._cursors[key] = cursor
         batch = Batch.of(frames)
         dropped = [sub for sub in follow.subscribers if not sub.push(batch)]
         # Once per event, however many subscribers: the hub reads each event once.
