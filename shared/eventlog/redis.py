@@ -216,6 +216,8 @@ class _ChangeFeed:
     over all keys every `SWEEP_S` bounds the damage of a notification lost any other
     way (a slot move included). Used by one task at a time (`busy`); each shard's
     messages are read by a task of its own, so waiting on several nodes costs nothing.
+    A wake of that task's own wake key (`interrupt`) ends its wait here, with no round
+    trip: a connect wave wakes the hub's read for every pass that adds logs.
     """
 
     SWEEP_S = 5.0
@@ -229,15 +231,32 @@ class _ChangeFeed:
         self._error: BaseException | None = None
         self._swept = 0.0
         self.busy = False
+        # The keys of the wait in progress (or the last one), and whether `interrupt` asked
+        # it to return: a local wake needs no round trip through Redis.
+        self._waiting: Mapping[str, int] = {}
+        self._interrupted = False
 
     async def reset(self) -> None:
         shards, self._shards = list(self._shards.values()), {}
+        self._waiting = {}
         self._node_of_key.clear()
         self._dirty.clear()
         self._error = None
         self._swept = 0.0
         for shard in shards:
             await shard.close()
+
+    def interrupt(self, key: str) -> bool:
+        """Make the wait in progress return now if it includes `key` (a wake key); False:
+        the waiter is not ours (`RedisEventLog.wake` wakes it through Redis).
+
+        Between two waits of that waiter, its next one returns at once: a wake is kept
+        until a wait returns on it, as the wake log's entry is on the other path."""
+        if key not in self._waiting:
+            return False
+        self._interrupted = True
+        self._news.set()
+        return True
 
     def more(self, keys: Iterable[str]) -> None:
         """Logs whose read was cut at `count`: read them again without waiting."""
@@ -246,6 +265,7 @@ class _ChangeFeed:
     async def ready(self, cursors: Mapping[str, int], timeout_s: float) -> set[str]:
         """Keys of `cursors` with (possibly) new entries; empty after `timeout_s` of quiet."""
         self.busy = True
+        self._waiting = cursors
         try:
             return await self._ready(cursors, timeout_s)
         finally:
@@ -262,7 +282,7 @@ class _ChangeFeed:
             self._swept = now
             self._dirty.update(cursors)
         deadline = now + timeout_s
-        while not self._dirty and self._error is None:
+        while not self._dirty and self._error is None and not self._interrupted:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -270,6 +290,7 @@ class _ChangeFeed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self._news.wait()
+        self._interrupted = False
         if self._error is not None:
             raise self._error
         ready, self._dirty = self._dirty & cursors.keys(), set()  # O(dirty), not O(followed)
@@ -279,6 +300,9 @@ class _ChangeFeed:
         """Subscribe the new keys (on their node), unsubscribe the gone ones; with `recheck`,
         move the keys whose slot moved to another node since."""
         by_node: dict[str, list[str]] = {}
+        if self._conn.cluster:
+            # Its slot map (a no-op once loaded): a first command may be this wait's.
+            await self._conn.redis.initialize()
         # Set operations on the key views, in C: the hub calls this for every read, with
         # every followed log (a Python loop over 2,000 keys per read slowed connect storms).
         known_keys = self._node_of_key.keys()
@@ -396,10 +420,14 @@ class RedisConnection:
                     client_name=client_name,
                 )
             )
+            # RESP2: its pub/sub messages are plain replies. Under RESP3 each is a push,
+            # which redis-py hands through its push handlers (one formats every message
+            # for a debug log whether that is on or not: 5% of a connect wave's CPU).
             self.blocking = aioredis.Redis(
                 connection_pool=aioredis.BlockingConnectionPool.from_url(
                     url,
                     connection_class=_connection_class(url),
+                    protocol=2,
                     max_connections=2,
                     timeout=None,
                     socket_timeout=None,
@@ -430,6 +458,8 @@ class RedisConnection:
         if not self.cluster:
             assert self.blocking is not None
             return _Shard(self.blocking, self.blocking.pubsub(), owns_client=False)
+        if not node:  # no node serves the slot (yet): mid-failover, as a command would say
+            raise RedisClusterException("no Redis Cluster node serves the followed log's slot")
         host, _, port = node.rpartition(":")
         client = aioredis.Redis(
             host=host or "127.0.0.1",
@@ -438,6 +468,7 @@ class RedisConnection:
             password=self._password,
             socket_connect_timeout=_COMMAND_TIMEOUT_S,
             client_name=self._client_name,
+            protocol=2,  # as on one node (`blocking`)
         )
         return _Shard(client, client.pubsub(), owns_client=True)
 
@@ -833,7 +864,12 @@ class RedisEventLog:
     async def _xread(self, cursors: Mapping[str, int], count: int) -> dict[str, list[StoredEvent]]:
         """One XREAD (no BLOCK) of `cursors`; on a Cluster one per slot, pipelined by node."""
         if not self.conn.cluster:
-            return _pairs_of(await self._call(self._redis.xread(_streams(cursors), count=count)))
+            # Through the Coalescer: shares the round trip of the calls made meanwhile (a
+            # connect wave's ownership checks), without redis-py's per-command layers.
+            ids = [f"0-{cursor}" for cursor in cursors.values()]
+            return _pairs_of(
+                await self.conn.batch.command("XREAD", "COUNT", count, "STREAMS", *cursors, *ids)
+            )
         by_slot: dict[int, dict[str, int]] = {}
         for key, cursor in cursors.items():
             by_slot.setdefault(self.conn.slot_of(key), {})[key] = cursor
@@ -872,6 +908,10 @@ class RedisEventLog:
             await self._feed.reset()
 
     async def wake(self, wake_key: str) -> None:
+        if self._feed.interrupt(wake_key):
+            return  # the change feed's own wait: woken here, no round trip (a connect wave
+            # of 2,000 streams made about 180 wakes, 5% of its CPU)
+        # Another waiter's (a plain blocking XREAD, see `wait`) hears the XADD.
         # The change feed hears the SPUBLISH; a plain blocking XREAD (see `wait`) the XADD.
         # Ids 0-1, 0-2, ...: like a log's, so a reader's integer cursor passes each wake once
         # (an auto id would always be past "0-N" and make every wait return at once).
