@@ -572,6 +572,7 @@ class Coalescer:
         self._conn = conn
         self._queue: list[_Call] = []
         self._drainer: asyncio.Task[None] | None = None
+        self._held: AbstractConnection | None = None  # while draining
         self._slots: dict[int, tuple[asyncio.Lock, list[int]]] = {}
 
     async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -613,12 +614,17 @@ class Coalescer:
                 del self._slots[slot]
 
     async def _drain(self) -> None:
+        # One pooled connection for as long as batches follow one another (`_held`): a
+        # connect wave's batches each took and gave back one (6% of its CPU, in redis-py).
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
                 await self._send(batch)
         finally:
             self._drainer = None
+            held, self._held = self._held, None
+            if held is not None:
+                await self._conn.redis.connection_pool.release(held)
             for *_, done in self._queue:  # only if cancelled (the loop is closing)
                 if not done.done():
                     done.set_exception(BackendUnavailable("Redis: the API is shutting down"))
@@ -629,9 +635,12 @@ class Coalescer:
         # connection: redis-py's pipeline would encode every argument in Python.
         packed = b"".join([call[0] for call in batch])
         replies: list[Any] = []
-        pool = self._conn.redis.connection_pool
         try:
-            connection = await pool.get_connection()
+            connection = self._held
+            if connection is None:
+                connection = self._held = await self._conn.redis.connection_pool.get_connection()
+            else:
+                await connection.connect()  # type: ignore[no-untyped-call]  # reset meanwhile: afresh
             try:
                 await connection.send_packed_command(packed, check_health=False)
                 # One deadline for the batch's replies, not one timer per reply (redis-py's
@@ -643,11 +652,9 @@ class Coalescer:
                         except ResponseError as exc:  # this call's error; the next follows
                             replies.append(exc)
             except BaseException:
-                # Replies may be left unread: this connection must not serve anyone else.
+                # Replies may be left unread: the next batch must not read them.
                 await connection.disconnect()
                 raise
-            finally:
-                await pool.release(connection)
         except BACKEND_ERRORS as exc:
             replies += [exc] * (len(batch) - len(replies))
         except BaseException:
