@@ -4,6 +4,8 @@ A run followed by 1,000 clients would otherwise wake 1,000 stream tasks per even
 each to write a few frames. While a stream is parked in its live phase, its
 subscription carries `StreamState.direct` (which calls `write`); the hub calls it with
 each new batch, and the stream's cursor moves exactly as if its own task had written it.
+A new stream's held ``retry:`` line (`StreamState.lead`) goes out in front of its
+first batch, in the same write.
 
 Only the plain case is written here: the native format (see `StreamState.idle`),
 the batch right after the cursor without a hole, no terminal event (the stream's task
@@ -36,9 +38,11 @@ def write(stream: StreamState, send: Send, batch: Batch) -> bool:
         or stream.aged()
     ):
         return False
-    message = {"type": "http.response.body", "body": batch.data, "more_body": True}
+    body = stream.lead + batch.data if stream.lead else batch.data
+    message = {"type": "http.response.body", "body": body, "more_body": True}
     if not send_if_ready(send, message):
         return False
+    stream.lead = b""
     stream.cursor = batch.last
     stream.last_sent = stream.loop.time()
     stream.wake_at = min(stream.last_sent + stream.heartbeat_s, stream.deadline)

@@ -1,7 +1,8 @@
 """One stream's state machine: replay after the cursor, then live frames from the hub.
 
-Phases: ``retry:`` (and a dialect's `before`); replay pages until caught up; live
-frames from the hub's subscription; ``: ping`` after ``heartbeat_s`` of silence
+Phases: ``retry:`` (and a dialect's `before`; when the hub brings a native stream's
+backlog, the line waits to go out in the same write); replay pages until caught up;
+live frames from the hub's subscription; ``: ping`` after ``heartbeat_s`` of silence
 (never moving the cursor); the end after the terminal event, or at an event boundary
 once the connection is older than ``max_connection_s``.
 
@@ -61,6 +62,7 @@ class StreamState:
         "key",
         "last_id",
         "last_sent",
+        "lead",
         "loop",
         "parked",
         "receive",
@@ -91,6 +93,9 @@ class StreamState:
         self.until_terminal = until_terminal
         self.fmt = fmt
         self.before = before
+        # Bytes that go out at the start of the next write (`_write`, the hub's direct
+        # write): the ``retry:`` line, held for the backlog the hub brings.
+        self.lead = b""
         self.heartbeat_s = settings.heartbeat_s
         self.retry_ms = settings.retry_ms
         self.loop = asyncio.get_running_loop()
@@ -119,19 +124,29 @@ class StreamState:
         self.send = send
         metrics.OPEN_STREAMS.inc()
         try:
-            await self._write(sse.retry(self.retry_ms) + self.before)
-            self.before = b""
             if self.cursor > 0:
                 metrics.RESUMES.inc()
+            lead = sse.retry(self.retry_ms) + self.before
             try:
                 if not self.hub_brings_backlog():
+                    await self._write(lead)
                     await self.replay()
+                elif self.before or self.last_id == self.cursor:
+                    # A dialect's opening frames (its clients expect them at once), or no
+                    # backlog to bring: out now.
+                    await self._write(lead)
+                else:
+                    # Out with the backlog the hub's first read brings: one write, not two
+                    # (a connect wave is CPU-bound, and each write is a system call).
+                    self.lead = lead
+                self.before = b""
                 if not (self.done or self.aged()):
                     await self.follow()
             except BackendUnavailable as exc:
                 await self._write(self.fmt.error("backend_unavailable", str(exc)))
             self.ended = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            body, self.lead = self.lead, b""
+            await send({"type": "http.response.body", "body": body, "more_body": False})
         except (_Left, OSError):
             pass  # the client went away (OSError: mid-write)
         except Exception:
@@ -160,6 +175,8 @@ class StreamState:
 
     async def _write(self, data: bytes) -> None:
         assert self.send is not None
+        if self.lead:
+            data, self.lead = self.lead + data, b""
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
         self.last_sent = self.loop.time()
 

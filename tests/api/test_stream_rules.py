@@ -178,3 +178,30 @@ async def test_open_streams_per_owner_are_bounded(make_api: MakeApi) -> None:
         await wait_for(lambda: api.hub.subscribers == 0, message="first stream released")
         async with http.stream("GET", created["events_url"]) as third:
             assert third.status_code == 200
+
+
+async def test_the_retry_line_comes_at_once_with_or_without_a_backlog(make_api: MakeApi) -> None:
+    """A new stream's ``retry:`` line goes out with the backlog the hub brings (one write),
+    and at once when there is none to bring: a client resuming at the last event of a
+    quiet run has it before any heartbeat (an hour away here) or event."""
+    async with make_api(heartbeat_s=3600) as api, api.client() as http:
+        created = await api.create_run(http)
+        await api.producer.start(created["run_id"])  # ids 1, 2
+
+        async def first_bytes(headers: dict[str, str], until: bytes) -> bytes:
+            async with http.stream("GET", created["events_url"], headers=headers) as response:
+                raw = b""
+                async for chunk in response.aiter_raw():
+                    raw += chunk
+                    if until in raw and raw.endswith(b"\n\n"):
+                        return raw
+            raise AssertionError("the stream ended")
+
+        fresh = await asyncio.wait_for(first_bytes({}, b"id: 2\n"), 10)
+        assert fresh.startswith(sse.retry(api.runtime.settings.retry_ms))
+        assert [line for line in fresh.split(b"\n") if line.startswith(b"id: ")] == [
+            b"id: 1",
+            b"id: 2",
+        ]
+        at_end = await asyncio.wait_for(first_bytes({"Last-Event-ID": "2"}, b"retry: "), 10)
+        assert at_end == sse.retry(api.runtime.settings.retry_ms)
