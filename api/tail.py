@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from api import latency, metrics, sse
 from shared.errors import BackendUnavailable
-from shared.eventlog.base import EventLog
+from shared.eventlog.base import Cursors, EventLog
 from shared.flights import Flights
 from shared.models import PAGE_SIZE, TERMINAL_EVENTS, Page, StoredEvent
 
@@ -218,6 +218,12 @@ class TailHub:
         # asks for, kept as the follows change. Rebuilt per read it was O(followed) each time, and a
         # wave of 2,000 new streams makes hundreds of reads (14% of a connect storm).
         self._cursors: dict[str, int] = {self._wake_key: 0}
+        # What changed since the last read's copy (`Cursors`): the read is O(changes) in
+        # the Redis change feed, and a log followed again is read at once.
+        self._seq = 0
+        self._added: set[str] = set()
+        self._removed: set[str] = set()
+        self._changes_lost = False  # all follows dropped at once: the next read compares
         self._reads: Flights[tuple[str, int, int], Page] = Flights()
         self._replays: Flights[tuple[str, int, int], Replay] = Flights()
         # Finished replay pages, oldest first: ask -> (reusable until, the page).
@@ -286,6 +292,8 @@ class TailHub:
         if follow is None:
             follow = self._follows[key] = _Follow(until_terminal, backlog)
             self._cursors[key] = cursor
+            self._added.add(key)
+            self._removed.discard(key)
         follow.subscribers.add(sub)
         self._work.set()
         if new and self._in_wait and not self._woken:
@@ -374,7 +382,7 @@ class TailHub:
                 if not self._follows:
                     await self._work.wait()
                 continue
-            cursors = self._cursors.copy()  # the read's own: the follows change meanwhile
+            cursors = self._snapshot()  # the read's own: the follows change meanwhile
             self._in_wait = True
             self._woken = False
             try:
@@ -436,10 +444,22 @@ class TailHub:
                 sub.end(error)
         self._unfollow_all()
 
+    def _snapshot(self) -> Cursors:
+        seq = self._seq + 1
+        since = -1 if self._changes_lost else self._seq
+        added, removed = frozenset(self._added), frozenset(self._removed)
+        self._seq, self._changes_lost = seq, False
+        self._added.clear()
+        self._removed.clear()
+        return Cursors(self._cursors, seq=seq, since=since, added=added, removed=removed)
+
     def _unfollow(self, key: str) -> None:
         self._follows.pop(key, None)
-        self._cursors.pop(key, None)
+        if self._cursors.pop(key, None) is not None:
+            self._removed.add(key)
+            self._added.discard(key)
 
     def _unfollow_all(self) -> None:
         self._follows.clear()
         self._cursors = {self._wake_key: self._cursors[self._wake_key]}
+        self._changes_lost = True

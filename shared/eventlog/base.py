@@ -70,6 +70,37 @@ class Batch:
     rule: Transition
 
 
+class Cursors(dict[str, int]):
+    """`EventLog.wait`'s read positions as a reader that waits again and again passes
+    them (the API's tail hub): with what changed since its wait numbered `since`. This
+    wait is number `seq`; `added` are the keys it began to follow since, or began to
+    follow again (a client that came back: read them at once, even if a backend still
+    watches them), `removed` those it stopped following.
+
+    A backend keeping state per key (the Redis change feed's subscriptions) applies
+    these instead of comparing every key, when `since` is the last wait it saw; any
+    other wait (or a plain mapping) it compares in full. A plain mapping is what other
+    callers pass, and it means what it says: these keys at these positions.
+    """
+
+    __slots__ = ("added", "removed", "seq", "since")
+
+    def __init__(
+        self,
+        cursors: Mapping[str, int],
+        *,
+        seq: int,
+        since: int,
+        added: frozenset[str],
+        removed: frozenset[str],
+    ) -> None:
+        super().__init__(cursors)
+        self.seq = seq
+        self.since = since
+        self.added = added
+        self.removed = removed
+
+
 class EventLog(Protocol):
     """Run logs: the conditional append that also moves the run, reads after a cursor, waits.
 
@@ -116,7 +147,9 @@ class EventLog(Protocol):
     async def wait(
         self, cursors: Mapping[str, int], timeout_s: float, count: int
     ) -> dict[str, list[StoredEvent]]:
-        """Block until some log has events past its cursor (or timeout); return them."""
+        """Block until some log has events past its cursor (or timeout); return them.
+
+        May return early and empty (then wait again). `cursors` may be `Cursors`."""
 
     async def wake(self, wake_key: str) -> None:
         """Make a `wait` that includes `wake_key` return now (used to add logs to a wait)."""

@@ -188,3 +188,82 @@ async def test_a_burst_of_page_reads_holds_a_handful_of_redis_connections(
         assert all(p.json()["events"][0]["type"] == "run.queued" for p in pages)
         if api.backend == "real":
             assert await redis_connections(api) < 10
+
+
+async def test_a_log_followed_again_within_one_read_brings_what_is_behind_the_new_cursor(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that leaves and comes back while the hub waits (a reconnect, behind the
+    log's end) gets the events after its cursor at once, on real Redis. The change feed
+    is still subscribed to the log then, so no confirmation comes to have it read; only
+    the hub knows the follow began again. (With the 5 s sweep made an hour long, a
+    follow that waited for news or the sweep gets nothing here.)"""
+    from shared.eventlog.redis import _ChangeFeed
+    from shared.eventlog.redis_records import redis_stores
+
+    monkeypatch.setattr(_ChangeFeed, "SWEEP_S", 3600.0)
+    log = redis_stores(redis_url, prefix=prefix, ttl_s=60, max_events=100).log
+    hub = tail.TailHub(log, buffer=100)
+    key = log.keys.topic_log("owner", "again")
+    for _ in range(3):
+        await log.append_topic("owner", "again", "custom.tick", b'"type":"custom.tick"}')
+    hub.start()
+    try:
+        first = await hub.subscribe(key, 0, until_terminal=False)
+        await asyncio.wait_for(first.wait(), 10)
+        assert [f.event.id for b in first.take() for f in b.frames] == [1, 2, 3]
+        feed = log._feed  # type: ignore[attr-defined]
+
+        async def waiting() -> bool:
+            return hub._in_wait and bool(feed.busy)
+
+        await wait_for(waiting, message="the hub waits")
+        hub.unsubscribe(first)
+        again = await hub.subscribe(key, 1, until_terminal=False)
+        await asyncio.wait_for(again.wait(), 10)
+        assert [f.event.id for b in again.take() for f in b.frames] == [2, 3]
+    finally:
+        await hub.close()
+        await log.close()
+
+
+async def test_the_hub_stops_watching_a_log_nobody_follows_any_more(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On real Redis: once the last stream of a log leaves, the hub's next read drops the
+    change feed's subscription to it, while the logs still followed stay subscribed (a
+    log left subscribed would be notified of every append for as long as the process
+    lives). The 5 s sweep, which compares every key, is made an hour long."""
+    from shared.eventlog.redis import _ChangeFeed
+    from shared.eventlog.redis_records import redis_stores
+
+    monkeypatch.setattr(_ChangeFeed, "SWEEP_S", 3600.0)
+    log = redis_stores(redis_url, prefix=prefix, ttl_s=60, max_events=100).log
+    admin = aioredis.Redis.from_url(redis_url)
+    hub = tail.TailHub(log, buffer=100)
+    keys = [log.keys.topic_log("owner", name) for name in ("stays", "goes")]
+
+    async def subscribed() -> list[bool]:
+        found = dict(await admin.pubsub_shardnumsub(*keys))
+        return [found[k.encode()] > 0 for k in keys]
+
+    hub.start()
+    try:
+        subs = [await hub.subscribe(k, 0, until_terminal=False) for k in keys]
+
+        async def both() -> bool:
+            return await subscribed() == [True, True]
+
+        await wait_for(both, message="both logs subscribed")
+        hub.unsubscribe(subs[1])
+        # A new follow makes the hub read again (its own wake): that read drops the other.
+        await hub.subscribe(log.keys.topic_log("owner", "new"), 0, until_terminal=False)
+
+        async def one() -> bool:
+            return await subscribed() == [True, False]
+
+        await wait_for(one, message="only the followed log subscribed")
+    finally:
+        await hub.close()
+        await log.close()
+        await admin.aclose()
