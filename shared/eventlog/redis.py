@@ -637,25 +637,20 @@ class Coalescer:
         # One pooled connection for as long as batches follow one another (`_held`): a
         # connect wave's batches each took and gave back one (6% of its CPU, in redis-py).
         try:
-            while True:
-                while self._queue:
-                    batch, self._queue = self._queue, []
-                    await self._send(batch)
-                # The callers just answered run first, and many call again at once (an
-                # ownership check's record read after its index read): their calls then
-                # go out on the connection held, not on a new drainer's.
-                await asyncio.sleep(0)
-                if not self._queue:
-                    break
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._send(batch)
         finally:
+            # Settled before the release below awaits: a call made meanwhile starts a
+            # drain of its own, and must not be failed here.
             self._drainer = None
             held, self._held = self._held, None
-            if held is not None:
-                await self._conn.redis.connection_pool.release(held)
-            for *_, done in self._queue:  # only if cancelled (the loop is closing)
+            left, self._queue = self._queue, []
+            for *_, done in left:  # only if cancelled (the loop is closing)
                 if not done.done():
                     done.set_exception(BackendUnavailable("Redis: the API is shutting down"))
-            self._queue = []
+            if held is not None:
+                await self._conn.redis.connection_pool.release(held)
 
     async def _send(self, batch: list[_Call]) -> None:
         # Packed by hiredis as each call arrived, the replies read off one pooled
