@@ -895,9 +895,11 @@ class RedisEventLog:
         if not self.conn.cluster:
             # Through the Coalescer: shares the round trip of the calls made meanwhile (a
             # connect wave's ownership checks), without redis-py's per-command layers.
-            ids = [f"0-{cursor}" for cursor in cursors.values()]
+            streams = _streams(cursors)
             return _pairs_of(
-                await self.conn.batch.command("XREAD", "COUNT", count, "STREAMS", *cursors, *ids)
+                await self.conn.batch.command(
+                    "XREAD", "COUNT", count, "STREAMS", *streams, *streams.values()
+                )
             )
         by_slot: dict[int, dict[str, int]] = {}
         for key, cursor in cursors.items():
