@@ -540,18 +540,27 @@ class RedisConnection:
         except BACKEND_ERRORS as exc:
             raise self.unavailable(exc) from exc
 
-    async def session_of(self, run_id: str) -> str | None:
+    def cached_session(self, run_id: str) -> str | None:
+        """The run's session id if this process has looked it up (it never changes)."""
         session_id = self._sessions.get(run_id)
         if session_id is not None:
             self._sessions.move_to_end(run_id)
+        return session_id
+
+    def remember_session(self, run_id: str, session_id: str) -> None:
+        self._sessions[run_id] = session_id
+        if len(self._sessions) > _INDEX_CACHE:
+            self._sessions.popitem(last=False)
+
+    async def session_of(self, run_id: str) -> str | None:
+        session_id = self.cached_session(run_id)
+        if session_id is not None:
             return session_id
         raw = await self.batch.command("GET", self.keys.run_index(run_id))
         if raw is None:
             return None
         session_id = str(raw.decode())
-        self._sessions[run_id] = session_id
-        if len(self._sessions) > _INDEX_CACHE:
-            self._sessions.popitem(last=False)
+        self.remember_session(run_id, session_id)
         return session_id
 
     def run_keys(self, owner: str, session_id: str, run_id: str) -> list[str]:

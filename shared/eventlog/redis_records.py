@@ -28,14 +28,29 @@ class RedisRunStore:
         self._call = conn.call
         self._update = self._redis.register_script(scripts.UPDATE)
         self._admit_active = self._redis.register_script(scripts.ADMIT_ACTIVE)
+        self._read_run = self._redis.register_script(scripts.READ_RUN)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        session_id = await self.conn.session_of(run_id)
-        if session_id is None:
-            return None
-        # With the other calls waiting now, in one round trip.
-        reply = await self.conn.batch.command("HGETALL", self.keys.run(session_id, run_id))
-        # A map (RESP3, redis-py's default), or a flat list on a RESP2 connection.
+        # Each call with the other calls waiting now, in one round trip.
+        conn = self.conn
+        session_id = conn.cached_session(run_id)
+        if session_id is None and not conn.cluster:
+            # Not looked up here yet (a client reconnecting to another API process): the
+            # index and the record in one call, not two round trips one after the other.
+            head, tail = self.keys.run_around(run_id)
+            found = await conn.batch.call(
+                self._read_run, [self.keys.run_index(run_id)], [head, tail]
+            )
+            if not found:
+                return None
+            session, reply = found
+            conn.remember_session(run_id, session.decode())
+        else:
+            session_id = session_id or await conn.session_of(run_id)
+            if session_id is None:
+                return None
+            reply = await conn.batch.command("HGETALL", self.keys.run(session_id, run_id))
+        # A map (RESP3 HGETALL), or a flat list (a script's reply, or a RESP2 connection).
         raw = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
         return record_from(decoded(raw)) if raw else None
 

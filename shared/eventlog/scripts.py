@@ -166,3 +166,13 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 """
+
+# KEYS: the run index.  ARGV: the run key around its session id (`Keys.run_around`).
+# Returns {session id, flat HGETALL of the run}, or false for an unknown run. One node
+# only: the run's key is in its session's slot, not the index's (on a Cluster the two
+# reads stay two).
+READ_RUN = """
+local session = redis.call('GET', KEYS[1])
+if not session then return false end
+return {session, redis.call('HGETALL', ARGV[1] .. session .. ARGV[2])}
+"""

@@ -11,8 +11,10 @@ import time
 import pytest
 
 from shared.eventlog.base import WORKER_HISTORY_S, RunStore, Scheduler, WorkerRegistry
+from shared.eventlog.memory import MemoryEventLog
 from shared.lifecycle import Runs
 from shared.models import Operation, RunStatus
+from tests.contract.conftest import MakeStores
 from tests.support.wait import wait_for
 
 
@@ -28,6 +30,49 @@ async def test_records_come_back_typed_with_every_stored_field(runs: Runs, store
     assert record.input == {"prompt": "x"} and record.owner == "alice"
     assert "lease_until" not in record.public() and "owner" not in record.public()
     assert await store.get_run("run_nobody") is None
+
+
+async def test_another_process_reads_the_same_record_without_having_looked_it_up(
+    make_stores: MakeStores,
+) -> None:
+    """An API process that never saw the run (a client reconnecting to another one)
+    reads the record as its creator stored it; an unknown run is None there too."""
+    created_by = make_stores()
+    writer = Runs(created_by)
+    run, _ = await writer.create(owner="alice", tool="story", input={"prompt": "x"})
+    started = await writer.start(run, worker="w1", lease_until=time.time() + 30)
+    assert started is not None
+
+    # Memory: one process's state, no other process to read it.
+    reader = created_by if isinstance(created_by.log, MemoryEventLog) else make_stores()
+    assert await reader.runs.get_run(run.run_id) == started
+    assert await reader.runs.get_run(run.run_id) == started  # now looked up: the other path
+    assert await make_stores().runs.get_run("run_nobody") is None
+
+
+async def test_a_record_not_looked_up_yet_is_one_call_to_a_redis_node(
+    redis_url: str, prefix: str
+) -> None:
+    """On one node, the run index and the record come in one scripted call, not two
+    round trips one after the other: what the reading connection ran last was it."""
+    import redis.asyncio as aioredis
+
+    from shared.eventlog.redis_records import redis_stores
+
+    name = "rrtest-reader-" + prefix.strip(":").replace(":", "-")
+    writer = redis_stores(redis_url, prefix=prefix, ttl_s=3600, max_events=1000)
+    reader = redis_stores(redis_url, prefix=prefix, ttl_s=3600, max_events=1000, client_name=name)
+    probe = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        run, _ = await Runs(writer).create(owner="alice", tool="story", input={})
+        record = await reader.runs.get_run(run.run_id)
+        assert record is not None and record.run_id == run.run_id
+        clients = [c for c in await probe.client_list() if c["name"] == name]
+        assert clients and {c["cmd"] for c in clients} == {"evalsha"}
+    finally:
+        await probe.aclose()
+        await writer.log.close()
+        await reader.log.close()
 
 
 async def test_update_run_is_a_compare_and_set(runs: Runs, store: RunStore) -> None:
