@@ -210,7 +210,8 @@ class MemoryEventLog:
         async with self._s.changed:
             while True:
                 found = {}
-                for key, cursor in cursors.items():
+                # A copy: `read` awaits, and a `Cursors` changes meanwhile.
+                for key, cursor in list(cursors.items()):
                     log = self._s.log(key)
                     if log is not None and log.last_id > cursor:
                         page = await self.read(key, cursor, count)
