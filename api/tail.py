@@ -215,11 +215,10 @@ class TailHub:
         self._wake_key = log.keys.wakeup(uuid.uuid4().hex)
         self._follows: dict[str, _Follow] = {}
         # Each followed log's cursor (the only copy), and the wake log's: what every read
-        # asks for, kept as the follows change, and lent to each read as it is (`Cursors`).
-        # Rebuilt, or copied, per read it was O(followed) each time, and a wave of 2,000
-        # new streams makes hundreds of reads (14% of a connect storm, then 3%).
+        # asks for, kept as the follows change. Rebuilt per read it was O(followed) each time, and a
+        # wave of 2,000 new streams makes hundreds of reads (14% of a connect storm).
         self._cursors: dict[str, int] = {self._wake_key: 0}
-        # What changed since the last read (`Cursors`): the read is O(changes) in
+        # What changed since the last read's copy (`Cursors`): the read is O(changes) in
         # the Redis change feed, and a log followed again is read at once.
         self._seq = 0
         self._added: set[str] = set()
@@ -383,7 +382,7 @@ class TailHub:
                 if not self._follows:
                     await self._work.wait()
                 continue
-            cursors = self._next_read()  # a view: the follows change while it waits
+            cursors = self._snapshot()  # the read's own: the follows change meanwhile
             self._in_wait = True
             self._woken = False
             try:
@@ -445,7 +444,7 @@ class TailHub:
                 sub.end(error)
         self._unfollow_all()
 
-    def _next_read(self) -> Cursors:
+    def _snapshot(self) -> Cursors:
         seq = self._seq + 1
         since = -1 if self._changes_lost else self._seq
         added, removed = frozenset(self._added), frozenset(self._removed)

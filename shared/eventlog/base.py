@@ -17,7 +17,7 @@ is a hash of strings in both backends; `record_from` is the one place that reads
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -70,7 +70,7 @@ class Batch:
     rule: Transition
 
 
-class Cursors(Mapping[str, int]):
+class Cursors(dict[str, int]):
     """`EventLog.wait`'s read positions as a reader that waits again and again passes
     them (the API's tail hub): with what changed since its wait numbered `since`. This
     wait is number `seq`; `added` are the keys it began to follow since, or began to
@@ -81,45 +81,24 @@ class Cursors(Mapping[str, int]):
     these instead of comparing every key, when `since` is the last wait it saw; any
     other wait (or a plain mapping) it compares in full. A plain mapping is what other
     callers pass, and it means what it says: these keys at these positions.
-
-    It is a view of the reader's own positions, not a copy (a copy per wait made each
-    of a connect wave's hundreds of waits O(followed)): while the wait awaits, keys come
-    and go and positions move. So a wait reads what it needs between two awaits, and one
-    that iterates across an await iterates a copy (`MemoryEventLog.wait`). The positions
-    it reads are then the newest, which is what the reader asks for.
     """
 
-    __slots__ = ("_live", "added", "removed", "seq", "since")
+    __slots__ = ("added", "removed", "seq", "since")
 
     def __init__(
         self,
-        live: dict[str, int],
+        cursors: Mapping[str, int],
         *,
         seq: int,
         since: int,
         added: frozenset[str],
         removed: frozenset[str],
     ) -> None:
-        self._live = live
+        super().__init__(cursors)
         self.seq = seq
         self.since = since
         self.added = added
         self.removed = removed
-
-    def __getitem__(self, key: str) -> int:
-        return self._live[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._live
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._live)
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def keys(self) -> KeysView[str]:
-        return self._live.keys()  # the dict's own view: set operations in C
 
 
 class EventLog(Protocol):

@@ -210,8 +210,7 @@ class MemoryEventLog:
         async with self._s.changed:
             while True:
                 found = {}
-                # A copy: `read` awaits, and a `Cursors` changes meanwhile.
-                for key, cursor in list(cursors.items()):
+                for key, cursor in cursors.items():
                     log = self._s.log(key)
                     if log is not None and log.last_id > cursor:
                         page = await self.read(key, cursor, count)
