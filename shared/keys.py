@@ -38,8 +38,10 @@ class Keys:
 
     def run_around(self, run_id: str) -> tuple[str, str]:
         """`run`'s key around its session id: ``head + session_id + tail`` (a script that
-        looks the session up builds the key from these)."""
-        return f"{self.prefix}{{s:", f"}}:run:{run_id}"
+        looks the session up builds the key from these). Cut out of `run` itself, so the
+        two never disagree."""
+        head, _, tail = self.run("\0", run_id).partition("\0")
+        return head, tail
 
     def run_log(self, session_id: str, run_id: str) -> str:
         return f"{self._tag(session_id)}:run:{run_id}:log"

@@ -46,9 +46,10 @@ class RedisRunStore:
             session, reply = found
             conn.remember_session(run_id, session.decode())
         else:
-            session_id = session_id or await conn.session_of(run_id)
-            if session_id is None:
-                return None
+            if session_id is None:  # a Cluster: the index first, on its own slot
+                session_id = await conn.session_of(run_id)
+                if session_id is None:
+                    return None
             reply = await conn.batch.command("HGETALL", self.keys.run(session_id, run_id))
         # A map (RESP3 HGETALL), or a flat list (a script's reply, or a RESP2 connection).
         raw = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
