@@ -129,6 +129,39 @@ async def test_a_cursor_newer_than_a_shared_record_is_not_refused(make_api: Make
         assert seen[0] == CURSOR + 1
 
 
+async def test_the_client_whose_read_the_others_share_leaving_fails_none_of_them(
+    make_api: MakeApi,
+) -> None:
+    # The first client of a run makes the read the others wait for; it goes away mid-read
+    # (its task cancelled, as a disconnect does). The others still get the run: one of
+    # them reads again, instead of inheriting its cancellation.
+    async with make_api() as api, api.client() as http:
+        _, run = await started_with(api, http, 3)
+        runs = api.runtime.runs
+        get_run = runs.store.get_run
+        reads = [0]
+        gone = asyncio.Event()
+
+        async def slow_first(run_id: str) -> RunRecord | None:
+            reads[0] += 1
+            if reads[0] == 1:
+                await gone.wait()  # in flight until its caller has gone away
+            return await get_run(run_id)
+
+        runs.store.get_run = slow_first  # type: ignore[method-assign]
+        first = asyncio.create_task(runs.get_at(run.run_id, run.owner, 0))
+        await wait_for(lambda: reads[0] == 1, message="the first read in flight")
+        others = [asyncio.create_task(runs.get_at(run.run_id, run.owner, 0)) for _ in range(3)]
+        await wait_for(lambda: len(runs._reads) == 1, message="the others joined it")
+        await asyncio.sleep(0)  # the others are waiting on the read now
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        gone.set()
+        records = await asyncio.gather(*others)
+        assert [r.run_id for r in records] == [run.run_id] * 3
+
+
 async def test_shared_pages_are_bounded_and_forgotten(
     make_api: MakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
