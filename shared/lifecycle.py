@@ -27,7 +27,7 @@ import orjson
 from shared.errors import AppendRefused, BadRequest, Conflict, NotFound, TooManyRuns
 from shared.eventlog.base import Stores, Transition, encode_body, record_from
 from shared.flights import Flights
-from shared.models import RunRecord, RunStatus, utcnow, valid_id
+from shared.models import RunHead, RunRecord, RunStatus, utcnow, valid_id
 
 _ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING})
 _RUNNING = frozenset({RunStatus.RUNNING.value})
@@ -54,7 +54,7 @@ class Runs:
         self.scheduler = stores.scheduler
         self._publish_grace_s = publish_grace_s
         self._max_active = max_active_per_owner
-        self._reads: Flights[str, RunRecord | None] = Flights()
+        self._heads: Flights[str, RunHead | None] = Flights()
 
     # Creating and reading ----------------------------------------------------------
     async def create(
@@ -160,21 +160,22 @@ class Runs:
             raise NotFound(f"run {run_id} not found")
         return record
 
-    async def get_at(self, run_id: str, owner: str, cursor: int) -> RunRecord:
-        """`get` for a stream opening at `cursor`: concurrent opens of one run share one
-        read (a reconnect storm: every client of a run at once).
+    async def get_at(self, run_id: str, owner: str, cursor: int) -> RunHead:
+        """What a stream opening at `cursor` needs of the run (`get`'s checks, its
+        `RunHead` only): concurrent opens of one run share one read (a reconnect storm:
+        every client of a run at once).
 
         A shared read may have been made before this client's newest event was stored,
         so a record that is behind `cursor` is read again, for this caller alone.
         """
         if not valid_id(run_id):
             raise NotFound(f"run {run_id} not found")
-        record = await self._reads.run(run_id, lambda: self.store.get_run(run_id))
-        if record is not None and record.owner == owner and record.last_event_id < cursor:
-            record = await self.store.get_run(run_id)
-        if record is None or record.owner != owner:
+        head = await self._heads.run(run_id, lambda: self.store.get_head(run_id))
+        if head is not None and head.owner == owner and head.last_event_id < cursor:
+            head = await self.store.get_head(run_id)
+        if head is None or head.owner != owner:
             raise NotFound(f"run {run_id} not found")
-        return record
+        return head
 
     async def list(
         self,

@@ -18,7 +18,7 @@ from api.streams import EventStreamResponse, event_stream
 from api.submit import submit_run
 from shared import tracing
 from shared.errors import BadCursor, Conflict
-from shared.models import PublicRun, RunRecord, RunStatus
+from shared.models import PublicRun, RunHead, RunRecord, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -71,7 +71,7 @@ def events_url(run_id: str) -> str:
     return f"/v1/runs/{run_id}/events"
 
 
-def _run_stream(state: ApiState, owner: str, run: RunRecord, cursor: int) -> Response:
+def _run_stream(state: ApiState, owner: str, run: RunRecord | RunHead, cursor: int) -> Response:
     release = state.slots.acquire(owner)
     runtime = state.runtime
     key = runtime.log.keys.run_log(run.session_id, run.run_id)

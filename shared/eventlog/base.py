@@ -26,7 +26,7 @@ import orjson
 from shared.errors import RunRelayError
 from shared.eventlog.streams import StreamStore
 from shared.keys import Keys
-from shared.models import Operation, Page, RunRecord, RunStatus, StoredEvent
+from shared.models import Operation, Page, RunHead, RunRecord, RunStatus, StoredEvent
 
 
 def encode_body(
@@ -166,6 +166,9 @@ class RunStore(Protocol):
     active runs, operations. Every method is one atomic step on the backend."""
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def get_head(self, run_id: str) -> RunHead | None:
+        """`get_run`'s owner, session, status and last event id only (a stream's open)."""
 
     async def update_run(
         self, run_id: str, expect: Mapping[str, str], fields: Mapping[str, str]

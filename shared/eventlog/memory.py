@@ -18,7 +18,16 @@ from shared.eventlog.base import (
     worker_history,
 )
 from shared.keys import Keys
-from shared.models import TERMINAL, Operation, Page, RunRecord, StoredEvent, utcnow
+from shared.models import (
+    TERMINAL,
+    Operation,
+    Page,
+    RunHead,
+    RunRecord,
+    RunStatus,
+    StoredEvent,
+    utcnow,
+)
 
 
 @dataclass
@@ -251,6 +260,13 @@ class MemoryRunStore:
     async def get_run(self, run_id: str) -> RunRecord | None:
         run = self._s.run(run_id)
         return record_from(run) if run is not None else None
+
+    async def get_head(self, run_id: str) -> RunHead | None:
+        run = self._s.run(run_id)
+        if run is None:
+            return None
+        status, last = RunStatus(run["status"]), int(run.get("last_event_id", "0"))
+        return RunHead(run_id, run["session_id"], run["owner"], status, last)
 
     async def update_run(
         self, run_id: str, expect: Mapping[str, str], fields: Mapping[str, str]

@@ -15,7 +15,8 @@ from shared.eventlog import scripts
 from shared.eventlog.base import WORKER_HISTORY_S, Stores, record_from, worker_history
 from shared.eventlog.redis import RedisConnection, RedisEventLog, decoded, flat_pairs
 from shared.eventlog.redis_streams import RedisStreamStore
-from shared.models import Operation, RunRecord
+from shared.eventlog.scripts import HEAD_FIELDS
+from shared.models import Operation, RunHead, RunRecord, RunStatus
 
 
 class RedisRunStore:
@@ -31,7 +32,29 @@ class RedisRunStore:
         self._read_run = self._redis.register_script(scripts.READ_RUN)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        # Each call with the other calls waiting now, in one round trip.
+        found = await self._read(run_id, ())
+        if found is None:
+            return None
+        reply = found[1]
+        # A map (RESP3 HGETALL), or a flat list (a script's reply, or a RESP2 connection).
+        raw = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+        return record_from(decoded(raw)) if raw else None
+
+    async def get_head(self, run_id: str) -> RunHead | None:
+        found = await self._read(run_id, HEAD_FIELDS)
+        if found is None:
+            return None
+        session_id, (owner, status, last) = found
+        if owner is None:  # the index outlived the record
+            return None
+        return RunHead(
+            run_id, session_id, owner.decode(), RunStatus(status.decode()), int(last or b"0")
+        )
+
+    async def _read(self, run_id: str, fields: tuple[str, ...]) -> tuple[str, Any] | None:
+        """The run's session id and its record's reply: all of it (HGETALL), or the values
+        of `fields` (HMGET); None when the run is unknown. Each call with the other calls
+        waiting now, in one round trip."""
         conn = self.conn
         session_id = conn.cached_session(run_id)
         if session_id is None and not conn.cluster:
@@ -39,21 +62,21 @@ class RedisRunStore:
             # index and the record in one call, not two round trips one after the other.
             head, tail = self.keys.run_around(run_id)
             found = await conn.batch.call(
-                self._read_run, [self.keys.run_index(run_id)], [head, tail]
+                self._read_run, [self.keys.run_index(run_id)], [head, tail, *fields]
             )
             if not found:
                 return None
             session, reply = found
-            conn.remember_session(run_id, session.decode())
-        else:
-            if session_id is None:  # a Cluster: the index first, on its own slot
-                session_id = await conn.session_of(run_id)
-                if session_id is None:
-                    return None
-            reply = await conn.batch.command("HGETALL", self.keys.run(session_id, run_id))
-        # A map (RESP3 HGETALL), or a flat list (a script's reply, or a RESP2 connection).
-        raw = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
-        return record_from(decoded(raw)) if raw else None
+            session_id = session.decode()
+            conn.remember_session(run_id, session_id)
+            return session_id, reply
+        if session_id is None:  # a Cluster: the index first, on its own slot
+            session_id = await conn.session_of(run_id)
+            if session_id is None:
+                return None
+        key = self.keys.run(session_id, run_id)
+        command = ("HMGET", key, *fields) if fields else ("HGETALL", key)
+        return session_id, await conn.batch.command(*command)
 
     async def update_run(
         self, run_id: str, expect: Mapping[str, str], fields: Mapping[str, str]

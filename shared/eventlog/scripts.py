@@ -167,12 +167,18 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 """
 
-# KEYS: the run index.  ARGV: the run key around its session id (`Keys.run_around`).
-# Returns {session id, flat HGETALL of the run}, or false for an unknown run. One node
-# only: the run's key is in its session's slot, not the index's (on a Cluster the two
-# reads stay two).
+# KEYS: the run index.  ARGV: the run key around its session id (`Keys.run_around`),
+# then the fields to read, if only some (`HEAD_FIELDS`).
+# Returns {session id, flat HGETALL of the run (or HMGET of those fields)}, or false
+# for an unknown run. One node only: the run's key is in its session's slot, not the
+# index's (on a Cluster the two reads stay two).
 READ_RUN = """
 local session = redis.call('GET', KEYS[1])
 if not session then return false end
-return {session, redis.call('HGETALL', ARGV[1] .. session .. ARGV[2])}
+local key = ARGV[1] .. session .. ARGV[2]
+if #ARGV == 2 then return {session, redis.call('HGETALL', key)} end
+return {session, redis.call('HMGET', key, unpack(ARGV, 3))}
 """
+
+# A `RunHead`'s fields of the record, as `READ_RUN` or HMGET reads them.
+HEAD_FIELDS = ("owner", "status", "last_event_id")

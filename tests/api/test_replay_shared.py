@@ -11,7 +11,7 @@ import pytest
 
 from api import tail
 from shared.eventlog.base import EventLog
-from shared.models import RunRecord
+from shared.models import RunHead, RunRecord
 from tests.api.conftest import Api, MakeApi
 from tests.api.sse_client import events
 from tests.support.wait import wait_for
@@ -95,28 +95,26 @@ async def test_a_cursor_newer_than_a_shared_record_is_not_refused(make_api: Make
     async with make_api() as api, api.client() as http:
         url, run = await started_with(api, http, CURSOR)  # ids 1..52
         runs = api.runtime.runs
-        get_run = runs.store.get_run
+        get_head = runs.store.get_head
         landed = asyncio.Event()
 
-        async def slow_first(run_id: str) -> RunRecord | None:
-            record = await get_run(run_id)
-            runs.store.get_run = get_run  # type: ignore[method-assign]
+        async def slow_first(run_id: str) -> RunHead | None:
+            record = await get_head(run_id)
+            runs.store.get_head = get_head  # type: ignore[method-assign]
             await landed.wait()  # in flight while the run moves on
             return record
 
-        runs.store.get_run = slow_first  # type: ignore[method-assign]
-        flights, joined = runs._reads, []
+        runs.store.get_head = slow_first  # type: ignore[method-assign]
+        flights, joined = runs._heads, []
 
         class Joining:
-            async def run(
-                self, key: str, call: Callable[[], Awaitable[RunRecord | None]]
-            ) -> object:
+            async def run(self, key: str, call: Callable[[], Awaitable[RunHead | None]]) -> object:
                 joined.append(len(flights))  # reads in flight as this one asks
                 return await flights.run(key, call)
 
-        runs._reads = Joining()  # type: ignore[assignment]
+        runs._heads = Joining()  # type: ignore[assignment]
         early = asyncio.create_task(runs.get_at(run.run_id, run.owner, 0))
-        await wait_for(lambda: runs.store.get_run is get_run, message="a read in flight")
+        await wait_for(lambda: runs.store.get_head is get_head, message="a read in flight")
         await api.producer.emit(run, 3)  # 53..55; the read in flight says 52
         late = asyncio.create_task(runs.get_at(run.run_id, run.owner, 55))
         await wait_for(lambda: joined == [0, 1], message="the second joined the first's read")
@@ -138,21 +136,21 @@ async def test_the_client_whose_read_the_others_share_leaving_fails_none_of_them
     async with make_api() as api, api.client() as http:
         _, run = await started_with(api, http, 3)
         runs = api.runtime.runs
-        get_run = runs.store.get_run
+        get_head = runs.store.get_head
         reads = [0]
         gone = asyncio.Event()
 
-        async def slow_first(run_id: str) -> RunRecord | None:
+        async def slow_first(run_id: str) -> RunHead | None:
             reads[0] += 1
             if reads[0] == 1:
                 await gone.wait()  # in flight until its caller has gone away
-            return await get_run(run_id)
+            return await get_head(run_id)
 
-        runs.store.get_run = slow_first  # type: ignore[method-assign]
+        runs.store.get_head = slow_first  # type: ignore[method-assign]
         first = asyncio.create_task(runs.get_at(run.run_id, run.owner, 0))
         await wait_for(lambda: reads[0] == 1, message="the first read in flight")
         others = [asyncio.create_task(runs.get_at(run.run_id, run.owner, 0)) for _ in range(3)]
-        await wait_for(lambda: len(runs._reads) == 1, message="the others joined it")
+        await wait_for(lambda: len(runs._heads) == 1, message="the others joined it")
         await asyncio.sleep(0)  # the others are waiting on the read now
         first.cancel()
         with pytest.raises(asyncio.CancelledError):

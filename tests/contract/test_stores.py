@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from shared.eventlog.base import WORKER_HISTORY_S, RunStore, Scheduler, WorkerRegistry
+from shared.eventlog.base import WORKER_HISTORY_S, RunStore, Scheduler, Stores, WorkerRegistry
 from shared.eventlog.memory import MemoryEventLog
 from shared.lifecycle import Runs
-from shared.models import Operation, RunStatus
+from shared.models import Operation, RunHead, RunRecord, RunStatus
 from tests.contract.conftest import MakeStores
 from tests.support.wait import wait_for
 
@@ -32,22 +32,49 @@ async def test_records_come_back_typed_with_every_stored_field(runs: Runs, store
     assert await store.get_run("run_nobody") is None
 
 
-async def test_another_process_reads_the_same_record_without_having_looked_it_up(
-    make_stores: MakeStores,
-) -> None:
-    """An API process that never saw the run (a client reconnecting to another one)
-    reads the record as its creator stored it; an unknown run is None there too."""
+async def started_elsewhere(make_stores: MakeStores) -> tuple[Runs, RunRecord, Stores]:
+    """A running run, the `Runs` of the process that made it, and the stores of another
+    process that never looked it up (memory: the same process's, there is no other)."""
     created_by = make_stores()
     writer = Runs(created_by)
     run, _ = await writer.create(owner="alice", tool="story", input={"prompt": "x"})
     started = await writer.start(run, worker="w1", lease_until=time.time() + 30)
     assert started is not None
-
-    # Memory: one process's state, no other process to read it.
     reader = created_by if isinstance(created_by.log, MemoryEventLog) else make_stores()
-    assert await reader.runs.get_run(run.run_id) == started
-    assert await reader.runs.get_run(run.run_id) == started  # now looked up: the other path
+    return writer, started, reader
+
+
+async def test_another_process_reads_the_same_record_without_having_looked_it_up(
+    make_stores: MakeStores,
+) -> None:
+    """An API process that never saw the run (a client reconnecting to another one)
+    reads the record as its creator stored it; an unknown run is None there too."""
+    _, started, reader = await started_elsewhere(make_stores)
+    assert await reader.runs.get_run(started.run_id) == started
+    assert await reader.runs.get_run(started.run_id) == started  # now looked up: the other path
     assert await make_stores().runs.get_run("run_nobody") is None
+
+
+async def test_a_head_is_what_the_record_says_on_every_path(make_stores: MakeStores) -> None:
+    """A stream's open reads the run's head: the record's owner, session, status and last
+    event id, the same in a process that never looked the run up and in one that did,
+    and moving with the record; an unknown run has none."""
+    writer, started, reader = await started_elsewhere(make_stores)
+    run = started
+
+    def head_of(record: RunRecord) -> RunHead:
+        ids = record.run_id, record.session_id, record.owner
+        return RunHead(*ids, record.status, record.last_event_id)
+
+    assert await reader.runs.get_head(run.run_id) == head_of(started)  # never looked up
+    await writer.emit(started, "output.delta", {"text": "hi"}, worker="w1")
+    await writer.finish(started, RunStatus.COMPLETED)
+    ended = await writer.store.get_run(run.run_id)
+    assert ended is not None and ended.last_event_id > started.last_event_id
+    head = await reader.runs.get_head(run.run_id)  # looked up now: the other path
+    assert head == head_of(ended) and head is not None and head.terminal
+    assert await reader.runs.get_head("run_nobody") is None
+    assert await make_stores().runs.get_head("run_nobody") is None
 
 
 async def test_a_record_not_looked_up_yet_is_one_call_to_a_redis_node(
@@ -62,6 +89,9 @@ async def test_a_record_not_looked_up_yet_is_one_call_to_a_redis_node(
     name = "rrtest-reader-" + prefix.strip(":").replace(":", "-")
     writer = redis_stores(redis_url, prefix=prefix, ttl_s=3600, max_events=1000)
     reader = redis_stores(redis_url, prefix=prefix, ttl_s=3600, max_events=1000, client_name=name)
+    other = redis_stores(
+        redis_url, prefix=prefix, ttl_s=3600, max_events=1000, client_name=name + "-2"
+    )
     probe = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         run, _ = await Runs(writer).create(owner="alice", tool="story", input={})
@@ -69,10 +99,16 @@ async def test_a_record_not_looked_up_yet_is_one_call_to_a_redis_node(
         assert record is not None and record.run_id == run.run_id
         clients = [c for c in await probe.client_list() if c["name"] == name]
         assert clients and {c["cmd"] for c in clients} == {"evalsha"}
+        # A stream's open, in yet another process: its head, in one call too.
+        head = await other.runs.get_head(run.run_id)
+        assert head is not None and head.owner == "alice"
+        clients = [c for c in await probe.client_list() if c["name"] == name + "-2"]
+        assert clients and {c["cmd"] for c in clients} == {"evalsha"}
     finally:
         await probe.aclose()
         await writer.log.close()
         await reader.log.close()
+        await other.log.close()
 
 
 async def test_update_run_is_a_compare_and_set(runs: Runs, store: RunStore) -> None:
