@@ -13,6 +13,7 @@ import jwt
 from fastapi import Request
 
 from api.errors import Unauthorized
+from api.headers import header
 from shared.settings import Settings
 
 ANONYMOUS = "anonymous"
@@ -65,9 +66,9 @@ class Authenticator:
 
 
 def _credentials(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
+    given = header(request, b"authorization")
+    if given:
+        scheme, _, value = given.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from api.headers import header, in_query
 from shared.errors import BadCursor
 
 _QUERY_NAMES = ("after", "since_id", "last_event_id")
@@ -15,11 +16,11 @@ def requested_cursor(request: Request) -> int:
     The header wins over the query: an EventSource reconnecting to its original URL
     (which may carry ``?after=``) sends its newer position in ``Last-Event-ID``.
     """
-    raw = request.headers.get("last-event-id")
+    raw = header(request, b"last-event-id")
     name = "Last-Event-ID"
     if raw is None:
         for query_name in _QUERY_NAMES:
-            if query_name in request.query_params:
+            if in_query(request, query_name):
                 raw, name = request.query_params[query_name], query_name
                 break
     if raw is None:

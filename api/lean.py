@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.deps import ApiState
 from api.dialects import chat, topics
 from api.ds.front import DurableStreamsApp
+from api.headers import in_query
 from api.middleware import Cors, access_log, log_access
 from api.routes import runs, sessions
 from api.server_assumptions import RAW_SEND
@@ -57,7 +58,7 @@ def _always(request: Request) -> bool:
 
 def _run_events_lean(request: Request) -> bool:
     # `limit` only shapes a JSON page, but FastAPI validates it on every request.
-    return "limit" not in request.query_params and not runs.wants_json(request)
+    return not in_query(request, "limit") and not runs.wants_json(request)
 
 
 def _topic_lean(request: Request) -> bool:

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from api import metrics
 from api.cursors import check_cursor, requested_cursor
 from api.deps import ApiState, Owner, State
+from api.headers import header
 from api.openapi import CURSOR, SSE, STREAM_ENDED, errors
 from api.responses import JSONResponse
 from api.streams import EventStreamResponse, event_stream
@@ -203,7 +204,7 @@ async def run_event_stream(state: ApiState, owner: str, request: Request, run_id
 
 
 def wants_json(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
+    accept = header(request, b"accept") or ""
     return "application/json" in accept and "text/event-stream" not in accept
 
 

@@ -52,6 +52,7 @@ async def test_the_lean_path_answers_as_fastapi_does(
             (events, alice),  # the whole run, from event 1
             (events, alice | {"Last-Event-ID": "3"}),  # a resume
             (f"{events}?after=4", alice),
+            (f"{events}?%61fter=4", alice),  # the name percent-encoded: still `after`
             (f"{events}?access_token={TOKENS['alice']}&after=2", {}),  # an EventSource's token
             (events, alice | {"Last-Event-ID": str(last)}),  # nothing left: 204
             (events, {"Authorization": "Bearer not-a-token"}),  # 401
@@ -77,3 +78,5 @@ async def test_the_lean_path_answers_as_fastapi_does(
             assert lean == routed, path
         status, _, body = await _answer(api, events, alice)
         assert status == 200 and body.count(b"\nid: ") == last  # every event once, then its end
+        _, _, body = await _answer(api, f"{events}?%61fter=4", alice)
+        assert body.count(b"\nid: ") == last - 4 and b"\nid: 5\n" in body  # resumed after 4
