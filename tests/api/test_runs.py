@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import MakeApi
 from tests.api.sse_client import events, frames
@@ -169,6 +172,41 @@ async def test_health_metrics_docs_and_dashboard(make_api: MakeApi) -> None:
         await api.runtime.broker.close()
         down = await http.get("/readyz")
         assert down.status_code == 503 and down.json()["rabbitmq"] != "ok"
+
+
+async def test_metrics_count_the_events_written_and_the_streams_open(make_api: MakeApi) -> None:
+    async def scrape(http: httpx.AsyncClient) -> dict[str, float]:
+        text = (await http.get("/metrics")).text
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name in ("runrelay_api_events_sent_total", "runrelay_api_open_streams")
+        }
+
+    async with make_api() as api, api.client() as http:
+        created = await api.create_run(http)
+        run = await api.producer.start(created["run_id"])
+        before = await scrape(http)
+        received: list[int] = []
+
+        async def read(headers: dict[str, str]) -> None:
+            async with http.stream("GET", created["events_url"], headers=headers) as response:
+                received.extend(f.id for f in [x async for x in events(response)] if f.id)
+
+        live = asyncio.create_task(read({}))  # the live phase: the hub's direct writes
+        await wait_for(lambda: api.hub.subscribers == 1, message="following")
+        assert (await scrape(http))["runrelay_api_open_streams"] == before[
+            "runrelay_api_open_streams"
+        ] + 1
+        await api.producer.emit(run, 5)
+        last = await api.producer.finish(run)
+        await live
+        await read({"Last-Event-ID": "2"})  # a replay
+        after = await scrape(http)
+        sent = after["runrelay_api_events_sent_total"] - before["runrelay_api_events_sent_total"]
+        assert sent == len(received) == last + (last - 2)
+        assert after["runrelay_api_open_streams"] == before["runrelay_api_open_streams"]
 
 
 async def test_status_reports_queues_workers_and_runs(make_api: MakeApi) -> None:
