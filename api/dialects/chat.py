@@ -28,13 +28,14 @@ from starlette.responses import Response
 
 from api.deps import ApiState, Owner, State
 from api.dialects.common import sse_data, stream_response
+from api.headers import header
 from api.openapi import SSE, STREAM_ENDED, errors
 from api.operations import Completion, accept_completion
 from api.routes.operations import internal_caller
 from api.streams import StreamFormat
 from shared.errors import BadCursor
 from shared.eventlog.follow import replay
-from shared.models import TERMINAL_EVENTS, RunRecord, StoredEvent
+from shared.models import TERMINAL_EVENTS, RunHead, StoredEvent
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 DONE = b"data: [DONE]\n\n"
@@ -182,7 +183,7 @@ def chat_format(message: MessageState) -> StreamFormat:
 
 def parse_cursor(request: Request, last_message_id: str | None) -> int:
     """``0-N`` from ``Last-Event-ID`` (a browser reconnect) or ``last_message_id``; 0 if none."""
-    raw, name = request.headers.get("last-event-id"), "Last-Event-ID"
+    raw, name = header(request, b"last-event-id"), "Last-Event-ID"
     if raw is None:
         raw, name = last_message_id, "last_message_id"
     if raw is None or raw == "":
@@ -193,7 +194,7 @@ def parse_cursor(request: Request, last_message_id: str | None) -> int:
     return int(match.group(1))
 
 
-async def _fold(state: ApiState, run: RunRecord, key: str, cursor: int) -> MessageState:
+async def _fold(state: ApiState, run: RunHead, key: str, cursor: int) -> MessageState:
     message = MessageState(run.run_id)
     if cursor == 0:
         return message
@@ -230,8 +231,14 @@ async def task_event_stream(
     state: ApiState, owner: str, request: Request, task_id: str, last_message_id: str | None
 ) -> Response:
     """The stream of `task_stream` (also served by `api.lean`, before FastAPI)."""
-    run = await state.runtime.runs.get(task_id, owner)
-    cursor = parse_cursor(request, last_message_id)
+    runs = state.runtime.runs
+    try:
+        cursor = parse_cursor(request, last_message_id)
+    except BadCursor:
+        await runs.get(task_id, owner)  # another owner's task: 404 comes first
+        raise
+    # Its head only, shared with the task's other clients opening now (`Runs.get_at`).
+    run = await runs.get_at(task_id, owner, cursor)
     if cursor > run.last_event_id:
         raise BadCursor(
             f"last_message_id 0-{cursor} is past the last event 0-{run.last_event_id}",

@@ -165,11 +165,14 @@ async def test_bad_cursor_other_owner_and_webhook_errors(system: System) -> None
         )
     async with system.client("bob") as bob:
         other = await bob.get(f"/api/chat/tasks/{run_id}/stream")
+        # A bad cursor on another owner's task: 404 first, nothing said about the cursor.
+        other_bad = await bob.get(f"/api/chat/tasks/{run_id}/stream?last_message_id=5")
         other_status = await bob.get(f"/api/chat/tasks/{run_id}")
     assert malformed.status_code == 400
     assert malformed.json()["error"]["code"] == "bad_cursor"
     assert too_far.status_code == 400
     assert other.status_code == 404 and other_status.status_code == 404
+    assert other_bad.status_code == 404
     assert no_key.status_code == 401 and unknown_op.status_code == 404
 
 
