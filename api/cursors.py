@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import Request
 
 from api.headers import header, in_query
 from shared.errors import BadCursor
+from shared.lifecycle import Runs
+from shared.models import RunHead
 
 _QUERY_NAMES = ("after", "since_id", "last_event_id")
 
@@ -35,3 +39,20 @@ def check_cursor(cursor: int, last_id: int, name: str = "cursor") -> None:
     """A cursor past the newest event was never handed out: reject it."""
     if cursor > last_id:
         raise BadCursor(f"{name} {cursor} is past the last event id {last_id}", name)
+
+
+async def head_at(
+    runs: Runs, run_id: str, owner: str, cursor_of: Callable[[], int]
+) -> tuple[RunHead, int]:
+    """The head of the owner's run for a stream opening at the cursor `cursor_of` reads
+    (`Runs.get_at`), and that cursor.
+
+    Another owner's run is a 404 whatever the cursor says: a bad cursor's `BadCursor`
+    is raised only once the run is known to be the caller's.
+    """
+    try:
+        cursor = cursor_of()
+    except BadCursor:
+        await runs.get(run_id, owner)
+        raise
+    return await runs.get_at(run_id, owner, cursor), cursor

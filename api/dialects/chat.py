@@ -26,6 +26,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
+from api.cursors import head_at
 from api.deps import ApiState, Owner, State
 from api.dialects.common import sse_data, stream_response
 from api.headers import header
@@ -231,14 +232,10 @@ async def task_event_stream(
     state: ApiState, owner: str, request: Request, task_id: str, last_message_id: str | None
 ) -> Response:
     """The stream of `task_stream` (also served by `api.lean`, before FastAPI)."""
-    runs = state.runtime.runs
-    try:
-        cursor = parse_cursor(request, last_message_id)
-    except BadCursor:
-        await runs.get(task_id, owner)  # another owner's task: 404 comes first
-        raise
     # Its head only, shared with the task's other clients opening now (`Runs.get_at`).
-    run = await runs.get_at(task_id, owner, cursor)
+    run, cursor = await head_at(
+        state.runtime.runs, task_id, owner, lambda: parse_cursor(request, last_message_id)
+    )
     if cursor > run.last_event_id:
         raise BadCursor(
             f"last_message_id 0-{cursor} is past the last event 0-{run.last_event_id}",

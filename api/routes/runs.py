@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api import metrics
-from api.cursors import check_cursor, requested_cursor
+from api.cursors import check_cursor, head_at, requested_cursor
 from api.deps import ApiState, Owner, State
 from api.headers import header
 from api.openapi import CURSOR, SSE, STREAM_ENDED, errors
@@ -18,7 +18,7 @@ from api.responses import JSONResponse
 from api.streams import EventStreamResponse, event_stream
 from api.submit import submit_run
 from shared import tracing
-from shared.errors import BadCursor, Conflict
+from shared.errors import Conflict
 from shared.models import PublicRun, RunHead, RunRecord, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -191,12 +191,9 @@ async def run_events(
 
 async def run_event_stream(state: ApiState, owner: str, request: Request, run_id: str) -> Response:
     """``GET /v1/runs/{run_id}/events`` as SSE (also served by `api.lean`, before FastAPI)."""
-    try:
-        cursor = requested_cursor(request)
-    except BadCursor:
-        await state.runtime.runs.get(run_id, owner)  # another owner's run: 404 comes first
-        raise
-    run = await state.runtime.runs.get_at(run_id, owner, cursor)
+    run, cursor = await head_at(
+        state.runtime.runs, run_id, owner, lambda: requested_cursor(request)
+    )
     check_cursor(cursor, run.last_event_id)
     if run.terminal and cursor == run.last_event_id:
         return Response(status_code=204)  # an EventSource stops reconnecting on 204
