@@ -4,9 +4,9 @@
 
 For each layout R x C (R running runs that emit nothing, C connections each; bench/
 scenarios.py `idle`): the server's RSS growth / connections after a 50-connection
-warm-up, the time to connect them all and the server's CPU meanwhile (per connection),
-for the runrelay API (bench/servers.py ``runrelay``) and for baseline (b), the bare
-ASGI design on the same server stack
+warm-up, the time to connect them all and the server's and Redis's CPU meanwhile (per
+connection; Redis shares the machine's cores), for the runrelay API (bench/servers.py
+``runrelay``) and for baseline (b), the bare ASGI design on the same server stack
 (uvicorn + uvloop + httptools; one task and one ``asyncio.Queue`` per connection:
 bench/baselines/pubsub_queue.py). Then the runrelay server again under tracemalloc:
 what the connections allocated, by source line, per connection.
@@ -62,6 +62,7 @@ async def main(layouts: list[tuple[int, int]], trace: bool) -> None:
                     f"{r['kb_per_conn']:.1f}",
                     f"{r['connect_s']:.2f}",
                     f"{r['cpu_ms_per_conn']:.2f}",
+                    f"{r['redis_us_per_conn']:.1f}",
                     f"{r['alive']:,}/{r['n']:,}",
                 ]
             )
@@ -78,6 +79,7 @@ async def main(layouts: list[tuple[int, int]], trace: bool) -> None:
                 "KiB RSS per connection",
                 "connect s",
                 "server CPU ms per connect",
+                "Redis CPU µs per connect",
                 "open at the end",
                 "connect time vs bare ASGI",
             ],

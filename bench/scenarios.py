@@ -211,9 +211,10 @@ async def idle(
     RSS growth of the server / connections, after a 50-connection warm-up in the same
     layout; the time to connect them all (in waves of 500, each until every client
     has its response head), and the server's CPU meanwhile per connection (steadier than
-    the time on a shared machine). With `trace` the server runs under tracemalloc
-    (``BENCH_TRACEMALLOC``) and dumps a snapshot before and after the connections:
-    `trace`.1 and `trace`.2 (RSS and timing are then not representative).
+    the time on a shared machine), and Redis's (it shares the cores). With `trace` the
+    server runs under tracemalloc (``BENCH_TRACEMALLOC``) and dumps a snapshot before and
+    after the connections: `trace`.1 and `trace`.2 (RSS and timing are then not
+    representative).
     """
     prefix = _prefix()
     n = n_runs * per_run
@@ -233,10 +234,12 @@ async def idle(
                 before = rss_kb(pid)
                 paths = [_path(kind, prod, r) for r in runs for _ in range(per_run)]
                 cpu0 = cpu_s(pid)
+                redis0 = await _redis_cpu(prod.redis)
                 t0 = time.perf_counter()
                 measured = await fleet.connect(paths)
                 connect_s = time.perf_counter() - t0
                 connect_cpu = cpu_s(pid) - cpu0
+                redis_cpu = await _redis_cpu(prod.redis) - redis0
                 await asyncio.sleep(2.0)
                 after = rss_kb(pid)
                 if trace:
@@ -253,6 +256,8 @@ async def idle(
         "kb_per_conn": (after - before) / n,
         "connect_s": connect_s,
         "cpu_ms_per_conn": connect_cpu * 1000 / n,  # the server's CPU while they connected
+        # Redis's CPU meanwhile: it shares the machine's cores with the server
+        "redis_us_per_conn": redis_cpu * 1e6 / n,
         "alive": alive,
     }
 
