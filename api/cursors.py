@@ -53,6 +53,6 @@ async def head_at(
     try:
         cursor = cursor_of()
     except BadCursor:
-        await runs.get(run_id, owner)
+        await runs.get_at(run_id, owner, 0)  # the same checks, on the head read they share
         raise
     return await runs.get_at(run_id, owner, cursor), cursor
