@@ -137,10 +137,10 @@ class LeanStreams:
         status = response.status_code
         try:
             if isinstance(response, EventStreamResponse):
-                # Its two steps, so an idle stream holds no frame of the response's own,
-                # and then not the response either: only its body's coroutine lives on.
-                await response.start(send)
-                serving = response.serve(receive, scope[RAW_SEND])
+                # Only its body's coroutine lives on, so an idle stream holds no frame of
+                # the response's own, nor the response. The start goes out with the first
+                # bytes, in one write: one system call per connect, not two.
+                serving = response.serve(receive, scope[RAW_SEND], start_through=send)
                 del response
                 await serving
             else:

@@ -18,6 +18,8 @@ the real server and the real app, so such an upgrade fails there first.
    `api.ds.reads._park`) waits in uvicorn's `receive()` and is woken by cancelling that
    wait: a cancelled `receive()` loses nothing, and a later one still returns
    ``http.disconnect`` once the client has left.
+4. `send_in_one_write`: uvicorn's `send` is a method of the request's cycle, and writes
+   through the cycle's ``transport`` attribute (point 1: at once, when it does not wait).
 """
 
 from __future__ import annotations
@@ -47,3 +49,45 @@ def send_if_ready(send: Send, message: Message) -> bool:
         return False  # the caller's own write will meet (and report) the same
     step.close()  # it would wait for the client to drain: nothing was written
     return False
+
+
+class _Collected:
+    """Stands in for a connection's transport while `send_in_one_write` collects the writes."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+
+def send_in_one_write(sends: list[tuple[Send, Message]], server_send: Send) -> int:
+    """Send the messages now, in order, as one write to the connection: how many were sent
+    (0 when the connection would make the first wait, or is not uvicorn's).
+
+    `server_send` is the server's own `send` (`RAW_SEND`); each of `sends` may be it or a
+    middleware's around it. For these steps the request's cycle writes into a list
+    (point 4), and the list goes out as one write: a new stream's response start and its
+    first bytes are one system call and one wake of the client, not two (a connect wave
+    is CPU-bound). A message is sent only if it goes without waiting (`send_if_ready`);
+    the ones before it are written all the same.
+    """
+    cycle = getattr(server_send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        return 0
+    collected = _Collected()
+    cycle.transport = collected  # type: ignore[union-attr]
+    sent = 0
+    try:
+        for send, message in sends:
+            if not send_if_ready(send, message):
+                break
+            sent += 1
+    finally:
+        cycle.transport = transport  # type: ignore[union-attr]
+    if collected.parts:
+        transport.write(b"".join(collected.parts))
+    return sent

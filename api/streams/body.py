@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 
 from api.streams.format import NATIVE, StreamFormat
 from api.streams.state import StreamState
@@ -27,10 +27,16 @@ class StreamBody(Protocol):
         """True once the stream ended by itself (terminal event, age, error, shutdown)."""
 
     async def serve(
-        self, receive: Receive, send: Send, on_close: Callable[[], None] | None = None
+        self,
+        receive: Receive,
+        send: Send,
+        on_close: Callable[[], None] | None = None,
+        opening: tuple[Send, Message] | None = None,
     ) -> None:
         """Write the body to `send` (the server's own) until it ends or the client leaves,
-        then call `on_close`; an unexpected error is logged, not raised."""
+        then call `on_close`; an unexpected error is logged, not raised. `opening`: the
+        response's start, not sent yet, and the `send` it goes through: it goes out with
+        the first bytes."""
 
 
 def event_stream(

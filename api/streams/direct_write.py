@@ -5,7 +5,8 @@ each to write a few frames. While a stream is parked in its live phase, its
 subscription carries `StreamState.direct` (which calls `write`); the hub calls it with
 each new batch, and the stream's cursor moves exactly as if its own task had written it.
 A new stream's held ``retry:`` line (`StreamState.lead`) goes out in front of its
-first batch, in the same write.
+first batch, and its response's start (`StreamState.opening`) in front of both, in the
+same write.
 
 Only the plain case is written here: the native format (see `StreamState.idle`),
 the batch right after the cursor without a hole, no terminal event (the stream's task
@@ -40,7 +41,10 @@ def write(stream: StreamState, send: Send, batch: Batch) -> bool:
         return False
     body = stream.lead + batch.data if stream.lead else batch.data
     message = {"type": "http.response.body", "body": body, "more_body": True}
-    if not send_if_ready(send, message):
+    if stream.opening is not None:
+        if not stream.open_with(message):  # the response's start, in the same write
+            return False
+    elif not send_if_ready(send, message):
         return False
     stream.lead = b""
     stream.cursor = batch.last

@@ -2,9 +2,10 @@
 
 The start goes through the middleware (so the access log has the status and CORS its
 headers). Served by `api.lean` (the usual case), the body is then written in the same
-task. Routed by FastAPI, the response first hands itself to `AccessLog`
-(`api.server_assumptions.DETACH`) and returns, so the routing, dependency and middleware
-frames are freed while the stream stays open for minutes.
+task, and the start goes out with its first bytes, in one write. Routed by FastAPI, the
+response first hands itself to `AccessLog` (`api.server_assumptions.DETACH`) and
+returns, so the routing, dependency and middleware frames are freed while the stream
+stays open for minutes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import functools
 from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from api import sse
 from api.server_assumptions import DETACH, RAW_SEND
@@ -63,18 +64,31 @@ class EventStreamResponse(Response):
 
     async def start(self, send: Send) -> None:
         """Send the response's start (through the middleware, so the access log has it)."""
-        message = {"type": "http.response.start", "status": self.status_code}
         try:
-            await send({**message, "headers": list(self.raw_headers)})
+            await send(self.start_message())
         except BaseException:
             self._on_close()
             raise
+
+    def start_message(self) -> Message:
+        return {
+            "type": "http.response.start",
+            "status": self.status_code,
+            "headers": list(self.raw_headers),
+        }
 
     def abandon(self) -> None:
         """The app failed after detaching: the stream never runs, its slot is given back."""
         self._on_close()
 
-    def serve(self, receive: Receive, send: Send) -> Awaitable[None]:
+    def serve(
+        self, receive: Receive, send: Send, start_through: Send | None = None
+    ) -> Awaitable[None]:
         """Write the body to `send` (the server's own) until it ends or the client leaves;
-        the slot is given back then. The body's own coroutine: no frame of this one."""
-        return self._body.serve(receive, send, self._on_close)
+        the slot is given back then. The body's own coroutine: no frame of this one.
+
+        `start_through`: the `send` the start has not been sent through yet (the app's);
+        it goes out with the body's first bytes, in one write.
+        """
+        opening = None if start_through is None else (start_through, self.start_message())
+        return self._body.serve(receive, send, self._on_close, opening)

@@ -25,9 +25,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 
 from api import metrics, sse
+from api.server_assumptions import send_in_one_write
 from api.streams import direct_write
 from api.streams.format import StreamFormat
 from api.streams.heartbeat import heartbeats
@@ -64,6 +65,7 @@ class StreamState:
         "last_sent",
         "lead",
         "loop",
+        "opening",
         "parked",
         "receive",
         "retry_ms",
@@ -96,6 +98,8 @@ class StreamState:
         # Bytes that go out at the start of the next write (`_write`, the hub's direct
         # write): the ``retry:`` line, held for the backlog the hub brings.
         self.lead = b""
+        # The response's start, when it is to go out with the first bytes (`serve`).
+        self.opening: tuple[Send, Message] | None = None
         self.heartbeat_s = settings.heartbeat_s
         self.retry_ms = settings.retry_ms
         self.loop = asyncio.get_running_loop()
@@ -115,13 +119,24 @@ class StreamState:
         return self.loop.time() >= self.deadline
 
     async def serve(
-        self, receive: Receive, send: Send, on_close: Callable[[], None] | None = None
+        self,
+        receive: Receive,
+        send: Send,
+        on_close: Callable[[], None] | None = None,
+        opening: tuple[Send, Message] | None = None,
     ) -> None:
         """Write the stream to `send` until it ends (then end the body) or the client leaves;
-        then call `on_close` (a stream slot's release)."""
+        then call `on_close` (a stream slot's release).
+
+        `opening`: the response's start and the `send` it goes through (the app's, under
+        its middleware), when not sent yet: it goes out with the stream's first bytes, in
+        the same write (`api.server_assumptions.send_in_one_write`).
+        """
         self.task = asyncio.current_task()
         self.receive = receive
         self.send = send
+        self.opening = opening
+        del opening  # held by the stream until its first write, not by this frame
         metrics.OPEN_STREAMS.inc()
         try:
             if self.cursor > 0:
@@ -146,6 +161,7 @@ class StreamState:
                 await self._write(self.fmt.error("backend_unavailable", str(exc)))
             self.ended = True
             body, self.lead = self.lead, b""
+            await self._open()
             await send({"type": "http.response.body", "body": body, "more_body": False})
         except (_Left, OSError):
             pass  # the client went away (OSError: mid-write)
@@ -153,7 +169,7 @@ class StreamState:
             log.exception("event stream failed")
         finally:
             metrics.OPEN_STREAMS.dec()
-            self.receive = self.send = self.task = None
+            self.receive = self.send = self.task = self.opening = None
             if on_close is not None:
                 on_close()
 
@@ -177,8 +193,29 @@ class StreamState:
         assert self.send is not None
         if self.lead:
             data, self.lead = self.lead + data, b""
-        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        message = {"type": "http.response.body", "body": data, "more_body": True}
+        if not self.open_with(message):
+            await self._open()
+            await self.send(message)
         self.last_sent = self.loop.time()
+
+    def open_with(self, message: Message) -> bool:
+        """Send the held response start and `message` now, in one write; False: `message`
+        was not sent (nor the start, unless the connection took it alone)."""
+        if self.opening is None:
+            return False
+        assert self.send is not None
+        sent = send_in_one_write([self.opening, (self.send, message)], self.send)
+        if sent:
+            self.opening = None
+        return sent == 2
+
+    async def _open(self) -> None:
+        """Send the held response start, if any, with an ordinary wait."""
+        if self.opening is not None:
+            start_send, start = self.opening
+            self.opening = None
+            await start_send(start)
 
     def direct(self, batch: Batch) -> bool:
         """The hub's write of `batch` while this stream is parked (api.streams.direct_write)."""

@@ -7,6 +7,7 @@ serve it). Status, the headers a client reads and the whole body must be the sam
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -80,3 +81,36 @@ async def test_the_lean_path_answers_as_fastapi_does(
         assert status == 200 and body.count(b"\nid: ") == last  # every event once, then its end
         _, _, body = await _answer(api, f"{events}?%61fter=4", alice)
         assert body.count(b"\nid: ") == last - 4 and b"\nid: 5\n" in body  # resumed after 4
+
+
+async def _first_read(api: Api, path: str) -> bytes:
+    """What a raw client's first read of `path` returns (alice's token)."""
+    host, port = api.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKENS['alice']}\r\n"
+            "\r\n".encode()
+        )
+        async with asyncio.timeout(20):
+            return await reader.read(65536)
+    finally:
+        writer.close()
+
+
+async def test_a_stream_opens_with_its_start_and_backlog_in_one_write(make_api: MakeApi) -> None:
+    """A new stream's response head, its ``retry:`` line and the events behind its cursor
+    reach the client together: the first read has them all (one write, not a head first
+    and the backlog a round trip later)."""
+    async with make_api() as api:
+        async with api.client("alice") as http:
+            run_id = (await api.create_run(http))["run_id"]
+        run = await api.producer.start(run_id)
+        await api.runtime.runs.emit(run, "output.message.delta", {"delta": "d0"})
+        head = await api.runtime.runs.get(run_id, "alice")
+        first = await _first_read(api, f"/v1/runs/{run_id}/events")
+        assert first.startswith(b"HTTP/1.1 200 "), first
+        assert b"\r\n\r\n" in first and b"retry: " in first
+        for n in range(1, head.last_event_id + 1):  # every event stored so far
+            assert b"\nid: %d\n" % n in first, (n, first)
+        await api.producer.finish(run)

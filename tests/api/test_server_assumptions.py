@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from api.app import create_app
 from api.middleware import AccessLog
-from api.server_assumptions import DETACH, send_if_ready
+from api.server_assumptions import DETACH, send_if_ready, send_in_one_write
 from shared.settings import Settings
 from tests.api.conftest import TOKENS_SETTING, build_runtime
 from tests.support.http import serve_app
@@ -55,6 +56,13 @@ class _FillUntilRefused:
 
 def _body(data: bytes, *, more: bool = True) -> dict[str, object]:
     return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """A bare app's lifespan: started at once, stopped when asked."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
 
 
 def _app(make_settings: Callable[..., Settings]) -> FastAPI:
@@ -113,9 +121,7 @@ async def test_a_cancelled_receive_still_reports_the_client_leaving() -> None:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await _lifespan(receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send(_body(b"x"))
@@ -140,3 +146,40 @@ async def test_a_cancelled_receive_still_reports_the_client_leaving() -> None:
                 break
             await asyncio.wait_for(woken, 10)
         assert await asyncio.wait_for(seen, 10) == "http.disconnect"
+
+
+class _CountingTransport:
+    """The connection's transport, counting its writes (they still go out)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.transport.write(data)
+
+
+async def test_a_start_and_a_body_go_out_in_one_write() -> None:
+    """Point 4: `send_in_one_write` makes one write of a response's start and its first
+    bytes, through uvicorn's own `send`, and the client reads them as they were sent."""
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[tuple[int, int]] = loop.create_future()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        cycle = send.__self__  # type: ignore[attr-defined]
+        counting = cycle.transport = _CountingTransport(cycle.transport)
+        start = {"type": "http.response.start", "status": 200, "headers": [(b"x-probe", b"1")]}
+        sent = send_in_one_write([(send, start), (send, _body(b"first"))], send)
+        cycle.transport = counting.transport
+        outcome.set_result((sent, counting.writes))
+        await send(_body(b"-end", more=False))
+
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as http:
+        response = await http.get("/")
+    assert await outcome == (2, 1)
+    assert response.status_code == 200 and response.headers["x-probe"] == "1"
+    assert response.content == b"first-end"
