@@ -10,6 +10,7 @@ backends. There is no worker yet, so tests drive the real lifecycle (`Runs`) dir
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -77,6 +78,19 @@ class Api:
         headers = {"Authorization": f"Bearer {TOKENS[owner]}"} if owner else {}
         kw.setdefault("timeout", httpx.Timeout(20.0))
         return httpx.AsyncClient(base_url=self.url, headers=headers, **kw)
+
+    async def raw_get(
+        self, path: str, owner: str = "alice"
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """`path` requested on a connection of its own, its answer read as raw bytes."""
+        host, port = self.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKENS[owner]}\r\n"
+            "\r\n".encode()
+        )
+        await writer.drain()
+        return reader, writer
 
     async def create_run(self, http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
         body.setdefault("tool", "story")

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from tests.api.conftest import TOKENS, Api, MakeApi
+from tests.api.conftest import Api, MakeApi
 from tests.support.wait import wait_for
 
 JSON = {"Content-Type": "application/json"}
@@ -20,13 +20,7 @@ ORIGIN = "http://127.0.0.1:3000"
 async def _park(api: Api, query: str) -> asyncio.StreamWriter:
     """A raw GET of ``/ds/idle?<query>`` by alice, once the hub holds its subscription."""
     subscribed = api.hub.subscribers
-    host, port = api.url.removeprefix("http://").split(":")
-    _, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        f"GET /ds/idle?{query} HTTP/1.1\r\nHost: t\r\n"
-        f"Authorization: Bearer {TOKENS['alice']}\r\n\r\n".encode()
-    )
-    await writer.drain()
+    _, writer = await api.raw_get(f"/ds/idle?{query}")
     await wait_for(lambda: api.hub.subscribers > subscribed, timeout=10, message="never parked")
     return writer
 

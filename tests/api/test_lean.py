@@ -85,13 +85,8 @@ async def test_the_lean_path_answers_as_fastapi_does(
 
 async def _first_read(api: Api, path: str) -> bytes:
     """What a raw client's first read of `path` returns (alice's token)."""
-    host, port = api.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await api.raw_get(path)
     try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKENS['alice']}\r\n"
-            "\r\n".encode()
-        )
         async with asyncio.timeout(20):
             return await reader.read(65536)
     finally:
